@@ -1,0 +1,220 @@
+"""The course, in order: the single source of truth for chapters, stages, files, docs and hints.
+
+Everything else (the grader, the stub generator, the docs tests, the README) reads this file. A
+stage is one pytest file run against one tree; its ``files`` are the tree-relative modules the
+learner edits for it; its ``hints`` go from a nudge to the exact idea, one level per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str
+    tests: str  # repo-relative pytest file
+    files: tuple[str, ...]  # tree-relative files the learner edits for this stage
+    doc: str  # repo-relative chapter section that teaches it
+    hints: tuple[str, ...]  # from a nudge to the exact idea
+    points: int = 10
+    test_timeout: float = 60.0  # seconds per test (pytest-timeout)
+    time_limit: float = 240.0  # seconds for the whole stage subprocess
+
+
+@dataclass(frozen=True)
+class Chapter:
+    name: str
+    title: str
+    stages: tuple[Stage, ...] = field(default_factory=tuple)
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        names = ", ".join(s.name for s in self.stages)
+        raise KeyError(f"chapter {self.name} has no stage {name!r} (stages: {names})")
+
+
+CH2 = Chapter(
+    name="ch2",
+    title="The Transformer",
+    stages=(
+        Stage(
+            name="attention",
+            title="Scaled dot-product and multi-head attention",
+            tests="tests/ch2/test_attention.py",
+            files=("ch2/attention.py",),
+            doc="docs/chapter02/2_2_attention.md",
+            hints=(
+                "Start with scaled_dot_product_attention: scores = q @ k^T / sqrt(d_k), then softmax "
+                "over the last dimension, then weights @ v.",
+                "Masks are boolean and True means 'may attend': fill the scores where the mask is "
+                "False with -inf before the softmax, and turn rows that are all -inf into zeros.",
+                "MultiHeadAttention: project, then view (B, T, d_model) as (B, T, h, d_k) and "
+                "transpose to (B, h, T, d_k) so every head is computed in one batched call.",
+            ),
+        ),
+        Stage(
+            name="block",
+            title="LayerNorm, positions, feed-forward, encoder and decoder blocks",
+            tests="tests/ch2/test_block.py",
+            files=("ch2/block.py",),
+            doc="docs/chapter02/2_3_other_parts.md",
+            hints=(
+                "LayerNorm normalises over the last dimension with the biased variance "
+                "(unbiased=False), then scales by weight and shifts by bias.",
+                "PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)).",
+                "Post-LN: x = norm(x + sublayer(x)). Pre-LN (norm_first=True): "
+                "x = x + sublayer(norm(x)).",
+            ),
+        ),
+        Stage(
+            name="transformer",
+            title="The encoder-decoder, greedy decoding and beam search",
+            tests="tests/ch2/test_transformer.py",
+            files=("ch2/transformer.py",),
+            doc="docs/chapter02/2_4_encoder_decoder.md",
+            hints=(
+                "encode embeds the source (scaled by sqrt(d_model)) plus sinusoidal positions, then "
+                "runs the encoder blocks with a padding mask on the source.",
+                "decode needs two masks: the causal mask AND the target padding mask for "
+                "self-attention, and the source padding mask for cross-attention.",
+                "greedy_decode: start from BOS, append the argmax of the last position's logits, "
+                "and keep finished sequences padded once they have produced EOS.",
+            ),
+        ),
+        Stage(
+            name="e2e",
+            title="Train your Transformer to translate digits into words",
+            tests="tests/ch2/test_e2e.py",
+            files=("ch2/attention.py", "ch2/block.py", "ch2/transformer.py"),
+            doc="docs/chapter02/2_5_training_and_decoding.md",
+            hints=(
+                "Every earlier stage passes but the model does not learn? Check that dropout is "
+                "off in eval mode and that padding is masked in both encoder and decoder.",
+                "Teacher forcing: feed tgt[:, :-1] and compare the logits with tgt[:, 1:].",
+            ),
+            points=20,
+            test_timeout=180.0,
+            time_limit=300.0,
+        ),
+    ),
+)
+
+CH3 = Chapter(
+    name="ch3",
+    title="GPT",
+    stages=(
+        Stage(
+            name="tokenizer",
+            title="Character and byte-level BPE tokenizers",
+            tests="tests/ch3/test_tokenizer.py",
+            files=("ch3/tokenizer.py",),
+            doc="docs/chapter03/3_2_tokenizers.md",
+            hints=(
+                "SimpleTokenizer: sorted(set(text)) gives a stable vocabulary; keep two dicts, "
+                "char->id and id->char.",
+                "BPE works on bytes: start from the 256 single bytes, count adjacent pairs, merge the "
+                "most frequent pair into a new id, repeat.",
+                "Keep the pair counts up to date as you merge (only the neighbours of a merged pair "
+                "change) instead of recounting the whole corpus every time.",
+            ),
+        ),
+        Stage(
+            name="gpt",
+            title="The GPT-2 model",
+            tests="tests/ch3/test_gpt.py",
+            files=("ch3/gpt.py",),
+            doc="docs/chapter03/3_1_gpt_overview.md",
+            hints=(
+                "Token embedding + learned position embedding, n_layer pre-LN blocks, a final "
+                "LayerNorm, and an LM head that shares its weight with the token embedding.",
+                "Causal self-attention: one Linear makes q, k and v (c_attn), split, reshape to "
+                "(B, nh, T, hs), mask the future, and project back with c_proj.",
+                "GPT-2 init: normal(0, 0.02) everywhere, and std 0.02/sqrt(2*n_layer) for the "
+                "residual projections (attn.c_proj and mlp.c_proj).",
+            ),
+        ),
+        Stage(
+            name="data",
+            title="Datasets and loaders without leakage",
+            tests="tests/ch3/test_data.py",
+            files=("ch3/data.py",),
+            doc="docs/chapter03/3_3_training.md",
+            hints=(
+                "Split the token stream first, then cut windows inside each split: a window that "
+                "crosses the split point leaks validation tokens into training.",
+                "Each sample is (x, y) with y = x shifted by one token.",
+            ),
+        ),
+        Stage(
+            name="trainer",
+            title="AdamW, warm-up and cosine, clipping, accumulation, checkpoints",
+            tests="tests/ch3/test_trainer.py",
+            files=("ch3/trainer.py",),
+            doc="docs/chapter03/3_3_training.md",
+            hints=(
+                "get_lr: linear warm-up from 0 to the peak over warmup_steps, then cosine decay to "
+                "min_lr at max_steps.",
+                "Set param_group['lr'] = get_lr(step) for every group before every optimizer step: a "
+                "schedule that is computed but never written to the optimizer does nothing.",
+                "Accumulation: divide each micro-batch loss by the number of micro-batches before "
+                "backward, and step once.",
+            ),
+            time_limit=300.0,
+        ),
+        Stage(
+            name="sampling",
+            title="Temperature, top-k and top-p sampling",
+            tests="tests/ch3/test_sampling.py",
+            files=("ch3/sampling.py",),
+            doc="docs/chapter03/3_3_training.md",
+            hints=(
+                "Crop the context to the last block_size tokens, take the last position's logits, "
+                "divide by the temperature, sample, append, repeat.",
+                "top-k: keep the k largest logits and set the rest to -inf. top-p: sort the "
+                "probabilities, keep the smallest prefix whose sum reaches p (always at least one).",
+            ),
+        ),
+        Stage(
+            name="e2e",
+            title="Train your GPT and make it talk",
+            tests="tests/ch3/test_e2e.py",
+            files=(
+                "ch3/tokenizer.py",
+                "ch3/gpt.py",
+                "ch3/data.py",
+                "ch3/trainer.py",
+                "ch3/sampling.py",
+            ),
+            doc="docs/chapter03/3_3_training.md",
+            hints=(
+                "Every earlier stage passes but the loss stays high? Check the learning-rate "
+                "schedule reaches the optimizer and that the LM head is tied to the embedding.",
+            ),
+            points=20,
+            test_timeout=280.0,
+            time_limit=420.0,
+        ),
+    ),
+)
+
+CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3)}
+
+
+def stage_of_file(path: str) -> Stage | None:
+    """The first stage whose ``files`` name the tree-relative ``path`` (``ch2/attention.py``)."""
+    for chapter in CHAPTERS.values():
+        for stage in chapter.stages:
+            if path in stage.files:
+                return stage
+    return None
+
+
+def chapter_of_stage(stage: Stage) -> Chapter:
+    for chapter in CHAPTERS.values():
+        if stage in chapter.stages:
+            return chapter
+    raise KeyError(stage.name)

@@ -1,0 +1,167 @@
+"""Make the learner's stubs from the reference solutions, so the two trees can never drift.
+
+Every file of ``exercises/`` is generated from the file of the same name in ``solutions/``:
+
+- A region between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` inside a function becomes a
+  ``raise NotImplementedError(...)`` that names the chapter, the stage, the function and the doc
+  section to read. An optional ``# STUB`` line inside the region starts commented-out lines that
+  replace the raise instead (``#     return None`` becomes ``    return None``).
+- A region at module level (no indentation) is dropped: private helpers and imports that only the
+  reference needs.
+- Everything else (signatures, docstrings, the command line) is copied verbatim.
+
+``python -m grader.stubs`` rewrites ``exercises/``; ``python -m grader.stubs --check`` exits 1 and
+lists the stale files when the committed stubs are not what the solutions generate (the project's
+tests run this check). ``stub_text(path)`` gives one pristine stub, which ``grader reset`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .manifest import stage_of_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = REPO_ROOT / "solutions"
+EXERCISES = REPO_ROOT / "exercises"
+
+BEGIN = "# BEGIN SOLUTION"
+END = "# END SOLUTION"
+STUB = "# STUB"
+_DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+(\w+)")
+
+
+class MarkerError(ValueError):
+    """A solution file whose markers do not pair up."""
+
+
+def _owner(lines: list[str], index: int, indent: int) -> str:
+    """The qualified name of the def (and class) that encloses line ``index``."""
+    names: list[str] = []
+    limit = indent
+    for line in reversed(lines[:index]):
+        match = _DEF.match(line)
+        if match and len(match.group(1)) < limit:
+            names.append(match.group(3))
+            limit = len(match.group(1))
+            if limit == 0:
+                break
+    return ".".join(reversed(names)) or "this function"
+
+
+def _message(rel: str, owner: str) -> str:
+    stage = stage_of_file(rel)
+    chapter = rel.split("/", 1)[0]
+    if stage is None:
+        return f"{chapter}: implement {owner} in {rel}"
+    return (
+        f"{chapter} stage '{stage.name}' not started: implement {owner} in {rel} (read {stage.doc})"
+    )
+
+
+def make_stub(source: str, rel: str) -> str:
+    """The exercise text for solution ``source`` whose tree-relative path is ``rel``."""
+    lines = source.splitlines(keepends=True)
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.strip() != BEGIN:
+            if line.strip() in (END, STUB):
+                raise MarkerError(f"{rel}:{i + 1}: {line.strip()!r} without {BEGIN!r}")
+            out.append(line)
+            i += 1
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        start = i
+        stub_lines: list[str] | None = None
+        i += 1
+        while i < len(lines) and lines[i].strip() != END:
+            if lines[i].strip() == BEGIN:
+                raise MarkerError(f"{rel}:{i + 1}: nested {BEGIN!r}")
+            if lines[i].strip() == STUB:
+                stub_lines = []
+            elif stub_lines is not None:
+                text = lines[i]
+                body = text.strip()
+                if body and not body.startswith("#"):
+                    raise MarkerError(f"{rel}:{i + 1}: lines after {STUB!r} must be comments")
+                # "#     return x" under indent "    " -> "    return x"
+                uncommented = text[len(indent) :].removeprefix("# ").removeprefix("#")
+                stub_lines.append(indent + uncommented if body else "\n")
+            i += 1
+        if i == len(lines):
+            raise MarkerError(f"{rel}:{start + 1}: {BEGIN!r} without {END!r}")
+        i += 1  # skip END
+        if not indent:
+            continue  # module-level region: reference-only code, dropped
+        if stub_lines is not None:
+            out.extend(stub_lines)
+            continue
+        owner = _owner(lines, start, len(indent))
+        out.append(f"{indent}# TODO: write this part yourself.\n")
+        out.append(f"{indent}raise NotImplementedError({_message(rel, owner)!r})\n")
+    return "".join(out)
+
+
+def solution_files() -> list[Path]:
+    return sorted(p for p in SOLUTIONS.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def stub_text(rel: str) -> str:
+    """The pristine stub for tree-relative ``rel`` (``ch2/attention.py``)."""
+    return make_stub((SOLUTIONS / rel).read_text(encoding="utf-8"), rel)
+
+
+def generate() -> dict[str, str]:
+    """Every exercise file, by tree-relative path."""
+    return {(rel := p.relative_to(SOLUTIONS).as_posix()): stub_text(rel) for p in solution_files()}
+
+
+def stale_files() -> list[str]:
+    """Exercise files that differ from what the solutions generate, or that have no solution."""
+    expected = generate()
+    stale = [
+        rel
+        for rel, text in expected.items()
+        if not (EXERCISES / rel).exists() or (EXERCISES / rel).read_text(encoding="utf-8") != text
+    ]
+    extra = [
+        p.relative_to(EXERCISES).as_posix()
+        for p in EXERCISES.rglob("*.py")
+        if "__pycache__" not in p.parts and p.relative_to(EXERCISES).as_posix() not in expected
+    ]
+    return sorted(stale + extra)
+
+
+def write() -> list[str]:
+    changed = stale_files()
+    for rel, text in generate().items():
+        target = EXERCISES / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m grader.stubs", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--check", action="store_true", help="only report stale stubs (exit 1)")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for rel in stale:
+            print(f"stale: exercises/{rel} (run: python -m grader.stubs)")
+        return 1 if stale else 0
+    for rel in write():
+        print(f"wrote exercises/{rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
