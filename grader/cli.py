@@ -1,0 +1,109 @@
+"""The command line: ``python -m grader ch2`` (the short form of ``python -m grader grade ch2``).
+
+Exit codes: 0 when every stage graded passed, 1 when any did not, 2 for a usage error (unknown
+chapter or stage, a tree folder that does not exist), which is reported in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import manifest
+from .report import write_json
+from .runner import UsageError, grade, resolve_tree, select_stages
+from .ui import LiveProgress, make_console, render, render_list
+
+COMMANDS = ("grade", "list")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see: python -m grader --help)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (for --help) and one parser per command."""
+    parser = _Parser(
+        prog="python -m grader",
+        description="Grade your code stage by stage. `python -m grader ch2` is short for "
+        "`python -m grader grade ch2`.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{grade,list}")
+
+    g = commands.add_parser("grade", help="run a chapter's stages against a tree of code")
+    g.add_argument("chapter", help="the chapter to grade: " + ", ".join(manifest.CHAPTERS))
+    g.add_argument("stage_name", nargs="?", metavar="STAGE", help="grade only this stage")
+    g.add_argument(
+        "--tree",
+        default="exercises",
+        help="the code to grade: exercises (default), solutions, or the path of a copy of the "
+        "exercises",
+    )
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="run every stage, even after a failure")
+    which.add_argument("--stage", metavar="NAME", help="run only this stage")
+    g.add_argument("--json", metavar="FILE", help="also write a JSON report to FILE")
+    g.add_argument("-v", "--verbose", action="store_true", help="list every test that failed")
+
+    listing = commands.add_parser("list", help="show the chapters and their stages")
+    return parser, {"grade": g, "list": listing}
+
+
+def _chapter(name: str) -> manifest.Chapter:
+    chapters = manifest.CHAPTERS
+    if name not in chapters:
+        raise UsageError(f"unknown chapter {name!r} (chapters: {', '.join(chapters)})")
+    return chapters[name]
+
+
+def run(argv: list[str]) -> int:
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv = ["grade", *argv]
+    parser, commands = build_parser()
+    if argv and argv[0] in commands:
+        # Intermixed, so that `grade ch2 --tree T attention` finds the stage after an option.
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
+    console = make_console()
+    if args.command in (None, "list"):
+        render_list(console, manifest.CHAPTERS)
+        if args.command is None:
+            console.print("Grade a chapter with: python -m grader ch2   (see --help)")
+        return EXIT_OK
+
+    chapter = _chapter(args.chapter)
+    if args.stage and args.stage_name and args.stage != args.stage_name:
+        raise UsageError(f"two different stages given: {args.stage_name!r} and {args.stage!r}")
+    only = args.stage or args.stage_name
+    if only is not None and args.all:
+        raise UsageError("--all and a single stage cannot be used together")
+    resolve_tree(args.tree)  # a missing folder is a usage error before anything runs
+    select_stages(chapter, only)  # and so is an unknown stage
+
+    progress = LiveProgress(console, chapter)
+    try:
+        result = grade(chapter, args.tree, only=only, run_all=args.all, progress=progress)
+    finally:
+        progress.close()
+    render(console, result, verbose=args.verbose)
+    if args.json:
+        write_json(result, args.json)
+        console.print(f"JSON report: {args.json}", style="dim")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else list(argv))
+    except UsageError as error:
+        print(f"python -m grader: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("python -m grader: interrupted", file=sys.stderr)
+        return 130
