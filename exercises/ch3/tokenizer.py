@@ -132,6 +132,8 @@ def learn_merges(
     raise NotImplementedError("ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
 
 
+
+
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's table from each byte value to a printable character, used in its vocab files.

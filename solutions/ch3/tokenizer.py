@@ -180,53 +180,63 @@ def learn_merges(
             counts[pair] += weight[i]
             where[pair].add(i)
 
-    # A max-heap by count, then smallest pair, with lazy deletion: an entry whose count is out of
-    # date is skipped when popped (every change pushes a fresh entry).
+    # A max-heap of (-count, a, b): the most frequent pair first, ties to the smallest pair.
+    # Entries go stale as counts change; a popped entry whose count is out of date is pushed
+    # back with its current count (counts only fall between pushes, so it is never too late).
     heap = [(-c, a, b) for (a, b), c in counts.items()]
     heapq.heapify(heap)
 
-    def add(pair: tuple[int, int], pos: int, w: int) -> None:
-        counts[pair] += w
-        where[pair].add(pos)
-        heapq.heappush(heap, (-counts[pair], *pair))
-
-    def remove(pair: tuple[int, int], pos: int, w: int) -> None:
-        counts[pair] -= w
-        where[pair].discard(pos)
-        if counts[pair] > 0:
-            heapq.heappush(heap, (-counts[pair], *pair))
-        else:
-            del counts[pair], where[pair]
-
     merges: dict[tuple[int, int], int] = {}
-    new_id = first_id
     while len(merges) < num_merges and heap:
         neg_count, a, b = heapq.heappop(heap)
         pair = (a, b)
-        if counts.get(pair, 0) != -neg_count:
-            continue  # stale entry
-        if -neg_count < 2:
+        count = counts.get(pair, 0)
+        if count != -neg_count:
+            if count > 0:
+                heapq.heappush(heap, (-count, a, b))
+            continue
+        if count < 2:
             break  # nothing left that occurs twice
+        new_id = first_id + len(merges)
         merges[pair] = new_id
+        touched: set[tuple[int, int]] = set()  # pairs whose count grew: pushed once at the end
         for i in sorted(where.pop(pair)):  # left to right, like merge_ids
             j = nxt[i]
             if sym[i] != a or j == -1 or sym[j] != b:
                 continue  # consumed by an overlapping occurrence just merged (a a a)
             w, p, n = weight[i], prev[i], nxt[j]
             if p != -1:  # (x, a) becomes (x, new)
-                remove((sym[p], a), p, w)
-                add((sym[p], new_id), p, w)
+                _move(counts, where, (sym[p], a), (sym[p], new_id), p, p, w)
+                touched.add((sym[p], new_id))
             if n != -1:  # (b, y) becomes (new, y)
-                remove((b, sym[n]), j, w)
-                add((new_id, sym[n]), i, w)
+                _move(counts, where, (b, sym[n]), (new_id, sym[n]), j, i, w)
+                touched.add((new_id, sym[n]))
             sym[i], sym[j], nxt[i] = new_id, -1, n
             if n != -1:
                 prev[n] = i
         counts.pop(pair, None)
         where.pop(pair, None)
-        new_id += 1
+        for t in touched:
+            if t in counts:
+                heapq.heappush(heap, (-counts[t], *t))
     return merges
     # END SOLUTION
+
+
+# BEGIN SOLUTION
+def _move(counts, where, old, new, old_pos, new_pos, w) -> None:
+    """One occurrence (weight ``w``) of pair ``old`` at ``old_pos`` becomes ``new`` at ``new_pos``."""
+    c = counts[old] - w
+    if c > 0:
+        counts[old] = c
+        where[old].discard(old_pos)
+    else:
+        del counts[old], where[old]
+    counts[new] += w
+    where[new].add(new_pos)
+
+
+# END SOLUTION
 
 
 @lru_cache(maxsize=1)
