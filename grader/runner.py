@@ -346,7 +346,7 @@ def run_stage(
         message = (
             f"the stage's tests {stage.tests} are missing (a problem of the grader, not yours)"
         )
-        return StageResult(status=ERROR, message=message, **base)
+        return StageResult(status=ERROR, message=message, **base | {"hint": "", "doc": ""})
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="grader-") as tmp:
