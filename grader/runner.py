@@ -441,6 +441,16 @@ def _assemble(
     running = next((n for n in started if n not in tests), None)  # the test it died in
     common = {"seconds": round(seconds, 3), "returncode": returncode, "log_tail": log_tail}
 
+    if not items and not killed and returncode > 0:
+        # pytest stopped before the plugin was even configured (a broken conftest, a bad
+        # option): nothing the learner's code did, so say what pytest said.
+        lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+        said = next(
+            (x for x in reversed(lines) if "error" in x.lower()), lines[-1] if lines else ""
+        )
+        message = f"pytest could not run {stage.tests} (exit code {returncode}): {said}"
+        return StageResult(status=ERROR, message=message, **base, **common)
+
     # A process that did not end by itself: say which test it was in, mark the rest "not run".
     stopped_status = None
     if killed:

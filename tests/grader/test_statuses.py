@@ -253,3 +253,12 @@ def test_grading_leaves_the_tree_untouched(tree, make_stage):
     stage = make_stage("ok", stage_test(PASSING))
     run_stage(Chapter("ch9", "Fake", (stage,)), stage, str(tree))
     assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*")) == before
+
+
+def test_pytest_that_cannot_start_is_an_error_not_a_crash(tree, make_stage, monkeypatch):
+    stage = make_stage("ok", stage_test(PASSING))
+    real = runner.pytest_command
+    monkeypatch.setattr(runner, "pytest_command", lambda *a: [*real(*a), "--no-such-option"])
+    result = run_stage(Chapter("ch9", "Fake", (stage,)), stage, str(tree))
+    assert result.status == "error"
+    assert "pytest could not run" in result.message and "--no-such-option" in result.message
