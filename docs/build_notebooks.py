@@ -1,0 +1,457 @@
+"""Build the chapter notebooks from the cell lists below: ``python docs/build_notebooks.py``.
+
+The notebooks are generated, never edited by hand: edit a cell here, rebuild, and commit both.
+``python docs/build_notebooks.py --check`` exits 1 when a committed notebook differs from what
+this file builds (the docs tests run the same check, validate every notebook with nbformat and
+execute its code cells against ``solutions`` on CPU).
+
+Each notebook's first code cell holds the one switch, ``TREE = "solutions"``; set it to
+``"exercises"`` to run the same cells on your own code. Cells are small (seconds on a CPU) and
+nothing is downloaded. Write code cells as ``ruff format`` would (the project's
+``ruff check .`` and ``ruff format --check .`` read notebooks too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+
+DOCS = Path(__file__).resolve().parent
+
+SETUP = """\
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+# The one switch: "solutions" (the reference) or "exercises" (your own code).
+TREE = "solutions"
+
+# Make the repository importable when Jupyter starts in docs/{chapter}/.
+root = Path.cwd()
+while not (root / "pyproject.toml").exists() and root != root.parent:
+    root = root.parent
+if str(root) not in sys.path:
+    sys.path.insert(0, str(root))
+
+{imports}
+torch.manual_seed(0)
+print(f"running against {{TREE}}/ from {{root}}")"""
+
+PLOT_NOTE = (
+    '# matplotlib is optional (pip install -e ".[docs]"): without it, this cell prints instead.'
+)
+
+CH2 = [
+    (
+        "markdown",
+        """\
+# Chapter 2: the Transformer, cell by cell
+
+This notebook follows the chapter's sections: [2.1](2_1_why_attention.md),
+[2.2 Attention](2_2_attention.md), [2.3 The other parts](2_3_other_parts.md),
+[2.4 The encoder-decoder](2_4_encoder_decoder.md) and
+[2.5 Training and decoding](2_5_training_and_decoding.md). Every cell runs on a CPU in seconds.
+The grader checks the same things more thoroughly: `python -m grader ch2`.""",
+    ),
+    (
+        "code",
+        SETUP.format(
+            chapter="chapter02",
+            imports="""\
+attention = importlib.import_module(f"{TREE}.ch2.attention")
+block = importlib.import_module(f"{TREE}.ch2.block")
+transformer = importlib.import_module(f"{TREE}.ch2.transformer")
+task = importlib.import_module("tests.ch2.task")  # the digits-to-words task (project code)""",
+        ),
+    ),
+    (
+        "markdown",
+        """\
+## 2.2 Scaled dot-product attention and masks
+
+$\\operatorname{Attention}(Q, K, V) = \\operatorname{softmax}(QK^\\top / \\sqrt{d_k})\\,V$. Masks are
+boolean and `True` means *may attend*. The result must match PyTorch's own implementation.""",
+    ),
+    (
+        "code",
+        """\
+import torch.nn.functional as F
+
+q, k, v = torch.randn(2, 6, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+mask = attention.causal_mask(6)
+out, weights = attention.scaled_dot_product_attention(q, k, v, mask=mask)
+reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+print("matches torch:", torch.allclose(out, reference, atol=1e-6))
+print(weights[0].round(decimals=2))""",
+    ),
+    (
+        "code",
+        f"""\
+{PLOT_NOTE}
+try:
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+if plt is not None:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    for ax, m, title in zip(axes, (None, mask), ("no mask", "causal mask"), strict=True):
+        w = attention.scaled_dot_product_attention(q, k, v, mask=m)[1][0]
+        ax.imshow(w.numpy(), vmin=0, vmax=1)
+        ax.set_title(title)
+    plt.show()
+else:
+    print(weights[0].round(decimals=2))""",
+    ),
+    (
+        "code",
+        """\
+# Padding: a query may not look at padded keys; a query that may see nothing gets zeros, not NaN.
+ids = torch.tensor([[5, 6, 7, 0, 0]])
+pad = attention.padding_mask(ids, pad_id=0)  # (B, 1, 1, S)
+print(pad.shape, pad)
+x = torch.randn(1, 5, 8)
+_, w = attention.scaled_dot_product_attention(x, x, x, mask=pad)
+print("weight on padding:", w[..., 3:].abs().max().item())
+nothing = torch.zeros(1, 1, 5, dtype=torch.bool)
+out, _ = attention.scaled_dot_product_attention(x, x, x, mask=nothing)
+print(
+    "fully masked rows are zeros:",
+    bool((out == 0).all()),
+    "and NaN-free:",
+    not out.isnan().any().item(),
+)""",
+    ),
+    (
+        "markdown",
+        """\
+### Multi-head attention
+
+`h` heads of size `d_model / h`, computed in one batched call. With the same weights it matches
+`torch.nn.MultiheadAttention`.""",
+    ),
+    (
+        "code",
+        """\
+mha = attention.MultiHeadAttention(d_model=16, n_heads=4).eval()
+ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+with torch.no_grad():
+    ref.in_proj_weight.copy_(torch.cat([mha.q_proj.weight, mha.k_proj.weight, mha.v_proj.weight]))
+    ref.in_proj_bias.copy_(torch.cat([mha.q_proj.bias, mha.k_proj.bias, mha.v_proj.bias]))
+    ref.out_proj.weight.copy_(mha.out_proj.weight)
+    ref.out_proj.bias.copy_(mha.out_proj.bias)
+x = torch.randn(2, 5, 16)
+ours, ours_w = mha(x, x, x)
+theirs, _ = ref(x, x, x)
+print(
+    tuple(ours.shape),
+    tuple(ours_w.shape),
+    "matches torch:",
+    torch.allclose(ours, theirs, atol=1e-5),
+)""",
+    ),
+    (
+        "markdown",
+        """\
+## 2.3 Positions, LayerNorm, blocks
+
+The sinusoidal encoding's dot products depend only on the offset between two positions.""",
+    ),
+    (
+        "code",
+        """\
+pe = block.sinusoidal_positional_encoding(50, 32)
+gram = pe @ pe.T
+for offset in (1, 5, 10):
+    diagonal = gram.diagonal(offset)
+    print(f"offset {offset:2d}: PE[p].PE[p+k] ranges {diagonal.min():.4f} .. {diagonal.max():.4f}")
+
+ln = block.LayerNorm(32)
+x = torch.randn(4, 32) * 5 + 2
+print("LayerNorm matches torch:", torch.allclose(ln(x), F.layer_norm(x, (32,)), atol=1e-5))""",
+    ),
+    (
+        "code",
+        """\
+# Post-LN (the paper) and pre-LN (GPT-2) blocks differ only in where the LayerNorm sits.
+x = torch.randn(2, 5, 16)
+for norm_first in (False, True):
+    encoder_block = block.EncoderBlock(16, n_heads=4, d_ff=64, norm_first=norm_first).eval()
+    y = encoder_block(x)
+    print(f"norm_first={norm_first}: output mean {y.mean():+.3f}, std {y.std():.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 2.4 The encoder-decoder
+
+Decoding one token at a time must give the same logits as the teacher-forced pass.""",
+    ),
+    (
+        "code",
+        """\
+model = transformer.Transformer(
+    src_vocab_size=len(task.SRC_VOCAB),
+    tgt_vocab_size=len(task.TGT_VOCAB),
+    d_model=32,
+    n_heads=4,
+    n_layers=2,
+    d_ff=64,
+    max_len=16,
+    pad_id=task.PAD,
+).eval()
+src = task.pad_batch([task.encode_source(n) for n in (407, 12, 5019)])
+tgt = task.pad_batch([task.encode_target(n) for n in (407, 12, 5019)])
+logits = model(src, tgt)
+memory, memory_mask = model.encode(src), attention.padding_mask(src, task.PAD)
+agree = all(
+    torch.allclose(
+        model.decode(tgt[:, :t], memory, memory_mask)[:, -1], logits[:, t - 1], atol=1e-5
+    )
+    for t in range(1, tgt.size(1) + 1)
+)
+print(tuple(logits.shape), "step-by-step == teacher forcing:", agree)""",
+    ),
+    (
+        "markdown",
+        """\
+## 2.5 Training on digits to words
+
+A short run of the e2e stage's training loop (`tests/ch2/task.py`). The grader trains for 1,200
+steps and asks for 90% exact match on held-out numbers; 200 steps already show the idea.""",
+    ),
+    (
+        "code",
+        """\
+config = task.TrainConfig(d_model=32, n_layers=1, d_ff=64, steps=200, warmup_steps=20)
+train_numbers, test_numbers = task.split_numbers(config.n_train, config.n_test)
+model = task.make_model(transformer.Transformer, config)
+losses = task.train(model, train_numbers, config)
+print(f"loss: {losses[0]:.2f} at the start, {sum(losses[-20:]) / 20:.2f} at the end")
+print(f"exact match on held-out numbers: {task.exact_match(model, test_numbers):.0%}")
+for n, words in zip(test_numbers[:5], task.translate(model, test_numbers[:5]), strict=True):
+    print(f"{n:5d} -> {words!r:40} (right: {task.number_to_words(n)!r})")""",
+    ),
+    (
+        "code",
+        """\
+# Beam search keeps several hypotheses; with beam_size=1 it is greedy decoding.
+src = task.pad_batch([task.encode_source(n) for n in test_numbers[:8]])
+greedy = model.greedy_decode(src, bos_id=task.BOS, eos_id=task.EOS, max_len=10)
+beam1 = model.beam_search(src, task.BOS, task.EOS, beam_size=1, max_len=10)
+beam4 = model.beam_search(src, task.BOS, task.EOS, beam_size=4, max_len=10)
+print(
+    "beam 1 == greedy:",
+    [task.decode_target(r) for r in beam1.tolist()]
+    == [task.decode_target(r) for r in greedy.tolist()],
+)
+for n, row in zip(test_numbers[:3], beam4.tolist()[:3], strict=True):
+    print(f"{n:5d} -> {task.decode_target(row)!r}")""",
+    ),
+]
+
+CH3 = [
+    (
+        "markdown",
+        """\
+# Chapter 3: GPT, cell by cell
+
+This notebook follows [3.1 GPT overview](3_1_gpt_overview.md), [3.2 Tokenizers](3_2_tokenizers.md)
+and [3.3 Training a GPT](3_3_training.md): tokenize the built-in corpus, build a GPT, train it for
+a few seconds, sample from it, save and reload it. The grader checks all of it more thoroughly:
+`python -m grader ch3`.""",
+    ),
+    (
+        "code",
+        SETUP.format(
+            chapter="chapter03",
+            imports="""\
+tokenizer_mod = importlib.import_module(f"{TREE}.ch3.tokenizer")
+gpt = importlib.import_module(f"{TREE}.ch3.gpt")
+data = importlib.import_module(f"{TREE}.ch3.data")
+trainer_mod = importlib.import_module(f"{TREE}.ch3.trainer")
+sampling = importlib.import_module(f"{TREE}.ch3.sampling")
+corpus = importlib.import_module(f"{TREE}.ch3.corpus")""",
+        ),
+    ),
+    (
+        "markdown",
+        """\
+## 3.2 Tokenizers
+
+A character tokenizer, and byte-level BPE learning its first merges on the built-in corpus.""",
+    ),
+    (
+        "code",
+        """\
+text = corpus.generate_corpus(n_sentences=1500)
+print(text[:160])
+chars = tokenizer_mod.SimpleTokenizer(text)
+print(f"{len(text):,} characters, {chars.vocab_size} distinct: {''.join(chars.stoi)!r}")
+
+bpe = tokenizer_mod.BPETokenizer().train(text, vocab_size=256 + 12)
+for (a, b), new_id in bpe.merges.items():
+    print(f"{new_id}: {bpe.vocab[a]!r} + {bpe.vocab[b]!r} -> {bpe.vocab[new_id]!r}")
+for s in ("the cat sees a ball.", "猫が箱を開ける 🐈"):
+    ids = bpe.encode(s)
+    print(len(s), "characters ->", len(ids), "tokens; round trip:", bpe.decode(ids) == s)""",
+    ),
+    (
+        "markdown",
+        """\
+## 3.1 The model
+
+Parameter counts (the tied LM head counted once), and the loss of an untrained model, which is
+close to $\\ln V$.""",
+    ),
+    (
+        "code",
+        """\
+import math
+
+small = gpt.GPT(vocab_size=1000, n_embd=128, n_layer=4, n_head=4, block_size=64)
+print(f"book's small config: {small.num_parameters():,} parameters")
+with torch.device("meta"):  # shapes only, no memory: counting GPT-2 small is free
+    gpt2 = gpt.GPT(gpt.GPTConfig())
+print(f"GPT-2 small (the GPTConfig defaults): {gpt2.num_parameters():,} parameters")
+
+config = gpt.GPTConfig(vocab_size=chars.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=48)
+model = gpt.GPT(config)
+idx = torch.tensor([chars.encode(text[:33])])
+_, loss = model(idx[:, :-1], targets=idx[:, 1:])
+print(f"untrained loss {loss.item():.3f}, ln(V) = {math.log(chars.vocab_size):.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 3.3 Data without leakage, and the learning-rate schedule""",
+    ),
+    (
+        "code",
+        """\
+train_loader, val_loader = data.create_dataloaders(text, chars, block_size=32, batch_size=16)
+train_set, val_set = train_loader.dataset, val_loader.dataset
+print(
+    "last training position:",
+    max(train_set.positions(len(train_set) - 1)),
+    "| first validation position:",
+    min(val_set.positions(0)),
+)
+
+trainer = trainer_mod.GPTTrainer(
+    model,
+    train_loader,
+    val_loader,
+    learning_rate=3e-3,
+    warmup_steps=10,
+    max_steps=80,
+    eval_interval=20,
+    eval_batches=5,
+    device="cpu",
+    quiet=True,
+    tokenizer=chars,
+)
+print("lr at steps 0, 9, 10, 45, 80:", [f"{trainer.get_lr(s):.1e}" for s in (0, 9, 10, 45, 80)])""",
+    ),
+    (
+        "markdown",
+        """\
+### A few seconds of training
+
+The unigram baseline is the best loss without using the context; the validation loss must go
+below it to show that the model reads its context.""",
+    ),
+    (
+        "code",
+        """\
+from collections import Counter
+
+ids = chars.encode(text)
+counts = Counter(ids[: int(len(ids) * 0.9)])
+total = sum(counts.values())
+unigram = -sum(c / total * math.log(c / total) for c in counts.values())
+history = trainer.train()
+for record in history["val"]:
+    print(f"step {record['step']:3d}: validation loss {record['loss']:.3f}")
+print(f"unigram baseline {unigram:.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## Sampling, checkpoints
+
+The same seed gives the same text; a checkpoint reloaded into a fresh model gives it too.""",
+    ),
+    (
+        "code",
+        """\
+import tempfile
+
+prompt = torch.tensor([chars.encode("the ")])
+
+
+def sample(m, seed, **kwargs):
+    out = sampling.generate(m, prompt, 60, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return chars.decode(out[0].tolist())
+
+
+for temperature in (0.0, 0.8, 1.5):
+    print(f"temperature {temperature}: {sample(model, 0, temperature=temperature, top_k=10)!r}")
+
+with tempfile.TemporaryDirectory() as folder:
+    trainer.save_checkpoint(folder)
+    ckpt = trainer_mod.load_checkpoint(folder)
+    fresh = gpt.GPT(gpt.GPTConfig(**ckpt["config"]))
+    fresh.load_state_dict(ckpt["model"])
+print("reloaded model, same text:", sample(fresh, 1, top_p=0.9) == sample(model, 1, top_p=0.9))""",
+    ),
+]
+
+NOTEBOOKS = {
+    DOCS / "chapter02" / "chapter02.ipynb": CH2,
+    DOCS / "chapter03" / "chapter03.ipynb": CH3,
+}
+
+
+def build(cells: list[tuple[str, str]], prefix: str) -> nbformat.NotebookNode:
+    """A notebook from ``(kind, source)`` pairs, with stable cell ids so rebuilds are identical."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for i, (kind, source) in enumerate(cells):
+        make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
+        nb.cells.append(make(source, id=f"{prefix}-{i:02d}"))
+    return nb
+
+
+def render(path: Path) -> str:
+    """The exact text the builder writes for the notebook at ``path``."""
+    return nbformat.writes(build(NOTEBOOKS[path], path.stem)) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if a notebook is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in NOTEBOOKS:
+        text = render(path)
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(path)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(DOCS.parent)}")
+    for path in stale:
+        print(f"out of date: {path.relative_to(DOCS.parent)} (run python docs/build_notebooks.py)")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The chapters are tested like code: every section exists and is linked, every link resolves,
+every ```python block and every notebook cell runs against ``solutions`` on CPU, the notebooks are
+what their builder writes, and the numbers quoted in the prose are what the code computes.
+
+These tests import ``solutions`` by name on purpose: the docs teach the reference (a learner
+switches the notebooks to ``exercises`` by hand), so they are not stage tests and do not go
+through ``tests.tree``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from grader.manifest import CHAPTERS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+DOCS = REPO_ROOT / "docs"
+INDEX = DOCS / "README.md"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Sections that teach no stage, on top of those the manifest names.
+EXTRA_SECTIONS = ("docs/chapter02/2_1_why_attention.md", "docs/chapter03/3_4_other_llms.md")
+SECTIONS = sorted(
+    {stage.doc for chapter in CHAPTERS.values() for stage in chapter.stages} | set(EXTRA_SECTIONS)
+)
+MARKDOWN = sorted(DOCS.rglob("*.md"))
+CHAPTER_FILES = [REPO_ROOT / s for s in SECTIONS]
+NOTEBOOKS = sorted(DOCS.rglob("*.ipynb"))
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```\s*$", re.S | re.M)
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(REPO_ROOT).as_posix()
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors run faster on one thread, and the 2 shared cores stay free for others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------- sections and links
+
+
+def test_every_section_exists_and_is_linked_from_the_index():
+    """Each section (the manifest's docs and the two reading sections) exists and docs/README.md
+    links to it."""
+    index_targets = {
+        (INDEX.parent / target.split("#")[0]).resolve()
+        for target in LINK.findall(INDEX.read_text())
+    }
+    missing = [s for s in SECTIONS if not (REPO_ROOT / s).is_file()]
+    assert not missing, f"sections missing: {missing}"
+    unlinked = [s for s in SECTIONS if (REPO_ROOT / s).resolve() not in index_targets]
+    assert not unlinked, f"docs/README.md does not link to {unlinked}"
+
+
+def test_each_stage_section_names_its_exercise_file_and_grader_command():
+    """A learner who opens a stage's section finds the file to edit and the command to run."""
+    for chapter in CHAPTERS.values():
+        for stage in chapter.stages:
+            text = (REPO_ROOT / stage.doc).read_text()
+            command = f"python -m grader {chapter.name} --stage {stage.name}"
+            assert command in text, f"{stage.doc} does not show `{command}`"
+            if len(stage.files) == 1:  # an e2e stage trains every file of the chapter
+                file = f"exercises/{stage.files[0]}"
+                assert file in text, f"{stage.doc} does not name {file} (stage {stage.name})"
+
+
+@pytest.mark.parametrize("path", MARKDOWN + [REPO_ROOT / "README.md"], ids=_rel)
+def test_relative_links_resolve(path):
+    """Every relative link (and image) in the docs points at a file that exists."""
+    if not path.exists():
+        pytest.skip(f"{_rel(path)} does not exist yet")
+    broken = []
+    for target in LINK.findall(path.read_text(encoding="utf-8")):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue  # URLs and in-page anchors
+        if not (path.parent / target.split("#")[0]).exists():
+            broken.append(target)
+    assert not broken, f"{_rel(path)} has broken links: {broken}"
+
+
+def test_figures_are_pngs_that_the_docs_use():
+    """Every figure make_figures.py draws is committed and shown in some section."""
+    source = (DOCS / "make_figures.py").read_text()
+    names = re.findall(r'^    "(\w+)": \w+,$', source, flags=re.M)
+    assert names, "docs/make_figures.py lists no figures in MAKERS"
+    used = " ".join(p.read_text() for p in CHAPTER_FILES)
+    for name in names:
+        png = DOCS / "figures" / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} missing"
+        assert f"figures/{name}.png" in used, f"no section shows figures/{name}.png"
+
+
+# --------------------------------------------------------------------------------- code blocks
+
+
+@pytest.mark.parametrize("path", CHAPTER_FILES, ids=_rel)
+def test_python_blocks_run(path, one_thread, monkeypatch, tmp_path):
+    """Every ```python block of a section runs, in order, in one namespace per file."""
+    monkeypatch.chdir(tmp_path)  # a block that writes a file cannot litter the repository
+    blocks = PYTHON_BLOCK.findall(path.read_text(encoding="utf-8"))
+    namespace: dict = {"__name__": "__docs__"}
+    for i, source in enumerate(blocks, 1):
+        code = compile(source, f"{_rel(path)} (python block {i})", "exec")
+        exec(code, namespace)
+
+
+# ----------------------------------------------------------------------------------- notebooks
+
+
+def test_notebooks_exist_and_are_up_to_date():
+    """Each chapter has a notebook, and it is exactly what docs/build_notebooks.py writes."""
+    spec = importlib.util.spec_from_file_location("build_notebooks", DOCS / "build_notebooks.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert sorted(builder.NOTEBOOKS) == NOTEBOOKS, "every .ipynb under docs/ comes from the builder"
+    assert [p.parent.name for p in NOTEBOOKS] == ["chapter02", "chapter03"]
+    for path in NOTEBOOKS:
+        assert path.read_text(encoding="utf-8") == builder.render(path), (
+            f"{_rel(path)} is out of date: run python docs/build_notebooks.py"
+        )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_rel)
+def test_notebook_is_valid_and_runs(path, one_thread, monkeypatch):
+    """The notebook validates with nbformat and its code cells run against solutions on CPU,
+    from the notebook's own folder (as Jupyter would start it)."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    text = path.read_text(encoding="utf-8")
+    assert "drive.mount" not in text and "urlretrieve" not in text and "wget " not in text
+    monkeypatch.chdir(path.parent)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace: dict = {"__name__": "__main__"}
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert 'TREE = "solutions"' in code_cells[0].source, "the first code cell holds the switch"
+    for cell in code_cells:
+        exec(compile(cell.source, f"{_rel(path)} (cell {cell.id})", "exec"), namespace)
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    plt.close("all")
+
+
+# ------------------------------------------------------------------------------------- numbers
+
+
+def _gpt_params(**shape) -> int:
+    from solutions.ch3.gpt import GPT, GPTConfig
+
+    with torch.device("meta"):  # shapes only: GPT-2 small costs no memory
+        return GPT(GPTConfig(**shape)).num_parameters()
+
+
+def _corpus_stats() -> dict[str, float]:
+    from solutions.ch3.corpus import generate_corpus
+    from solutions.ch3.tokenizer import BPETokenizer, SimpleTokenizer
+
+    text = generate_corpus()
+    tokenizer = SimpleTokenizer(text)
+    ids = tokenizer.encode(text)
+    counts = Counter(ids[: int(len(ids) * 0.9)])
+    total = sum(counts.values())
+    return {
+        "vocab": tokenizer.vocab_size,
+        "ln_vocab": math.log(tokenizer.vocab_size),
+        "unigram": -sum(c / total * math.log(c / total) for c in counts.values()),
+        "bpe_vocab_reached": BPETokenizer().train(text, vocab_size=1024).vocab_size,
+    }
+
+
+def test_numbers_quoted_in_the_text_match_the_code():
+    """Parameter counts, loss baselines and vocabulary sizes in the prose are what the code gives."""
+    gpt2 = {"vocab_size": 50257, "block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768}
+    small = {"vocab_size": 1000, "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128}
+    stats = _corpus_stats()
+    n_gpt2, n_small = _gpt_params(**gpt2), _gpt_params(**small)
+    n_corpus_small = _gpt_params(**{**small, "vocab_size": stats["vocab"]})
+    blocks_small = n_small - (1000 + 64) * 128 - 2 * 128
+    quoted = {
+        "docs/chapter03/3_1_gpt_overview.md": [
+            f"{n_gpt2:,}",  # GPT-2 small, tied
+            f"{n_gpt2 + 50257 * 768:,}",  # the book's untied version
+            f"{n_small:,}",  # the book's small config
+            f"{blocks_small:,}",
+            f"{n_corpus_small:,}",
+            f"({stats['vocab']} symbols",
+            f"{50257 * 768 / 1e6:.1f}M",  # what tying saves
+        ],
+        "docs/chapter03/3_3_training.md": [
+            f"$V = {stats['vocab']}$",
+            f"$\\ln {stats['vocab']} = {stats['ln_vocab']:.2f}$",
+            f"**{stats['unigram']:.2f}**",
+        ],
+        "docs/chapter03/3_2_tokenizers.md": [f"stops at {stats['bpe_vocab_reached']}"],
+    }
+    assert n_gpt2 == 124_439_808, "GPT-2 small must have exactly 124,439,808 parameters"
+    for doc, numbers in quoted.items():
+        text = (REPO_ROOT / doc).read_text(encoding="utf-8")
+        missing = [n for n in numbers if n not in text]
+        assert not missing, f"{doc} should quote {missing} (what the code computes now)"
