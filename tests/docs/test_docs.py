@@ -195,7 +195,15 @@ def test_numbers_quoted_in_the_text_match_the_code():
     n_gpt2, n_small = _gpt_params(**gpt2), _gpt_params(**small)
     n_corpus_small = _gpt_params(**{**small, "vocab_size": stats["vocab"]})
     blocks_small = n_small - (1000 + 64) * 128 - 2 * 128
+    from tests.ch2.task import TrainConfig
+
+    e2e = TrainConfig()
     quoted = {
+        "docs/chapter02/2_5_training_and_decoding.md": [
+            f"on {e2e.n_train:,} such pairs",
+            f"decodes {e2e.n_test:,}",
+            f"the real run takes {e2e.steps:,}",
+        ],
         "docs/chapter03/3_1_gpt_overview.md": [
             f"{n_gpt2:,}",  # GPT-2 small, tied
             f"{n_gpt2 + 50257 * 768:,}",  # the book's untied version
