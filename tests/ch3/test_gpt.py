@@ -217,7 +217,13 @@ def test_forward_matches_reference():
     targets = torch.randint(0, TINY["vocab_size"], (3, 11))
     targets[0, :4] = -1  # ignored positions
     with torch.no_grad():
-        logits, loss = model(idx, targets)
+        try:
+            logits, loss = model(idx, targets)
+        except (IndexError, RuntimeError) as err:
+            fail(
+                f"model(idx, targets) failed on targets that contain -1 ({err}): positions whose "
+                f"target is -1 must be ignored (F.cross_entropy(..., ignore_index=-1)). Look at {FORWARD}."
+            )
         expected = reference_forward(model.state_dict(), idx, TINY["n_head"])
     check_close(
         logits,

@@ -333,8 +333,8 @@ def test_round_trip_any_string(trained, pattern):
 
 def test_special_tokens_whole_and_never_merged():
     """A special token encodes to its one id and its text never takes part in merges."""
-    doc = corpus(300)
-    text = "<|endoftext|>".join([doc] * 4)
+    # Many short documents: unless cut out, the special token's pieces are the commonest pairs.
+    text = "<|endoftext|>".join(corpus(15, seed=i) for i in range(200))
     t = tok.BPETokenizer().train(text, 300, special_tokens=["<|endoftext|>", "<|pad|>"])
     eot, pad = t.special_tokens["<|endoftext|>"], t.special_tokens["<|pad|>"]
     check_equal(
@@ -374,12 +374,14 @@ def test_decode_unknown_id_and_broken_utf8(trained):
         trained.decode([trained.vocab_size + 5])
     ids = trained.encode("日")  # three bytes
     first_byte = [trained.byte_ids["日".encode()[0]]]
-    check_equal(
-        trained.decode(first_byte),
-        "\ufffd",
-        "decode of the first byte of '日' alone",
-        f"{DECODE} (decode with errors='replace')",
-    )
+    try:
+        half = trained.decode(first_byte)
+    except UnicodeDecodeError:
+        fail(
+            "decode of the first byte of '日' alone raised UnicodeDecodeError: a model can emit "
+            f"half a character, so decode with errors='replace'. Look at {DECODE}."
+        )
+    check_equal(half, "\ufffd", "decode of the first byte of '日' alone", DECODE)
     check_equal(trained.decode(ids), "日", "decode(encode('日'))", DECODE)
 
 
@@ -454,10 +456,14 @@ def test_load_gpt2_files_encodes_like_gpt2(tmp_path):
         got = t.encode(s)
         expected = gpt2_encode(s)
         if got != expected:
+            k = next(
+                (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), None
+            )
+            k = min(len(got), len(expected)) if k is None else k
             fail(
-                f"with GPT-2 files, encode({s[:40]!r}) gave {got[:12]}..., GPT-2's algorithm gives "
-                f"{expected[:12]}... Look at {ENCODE}: apply the pair with the lowest rank "
-                "(self._ranks), not the lowest id."
+                f"with GPT-2 files, encode({s[:40]!r}) differs from GPT-2's algorithm at token {k}: "
+                f"got {got[k : k + 6]}, expected {expected[k : k + 6]}. Look at {ENCODE}: apply "
+                "the pair with the lowest rank (self._ranks), not the lowest id."
             )
         check_equal(t.decode(got), s, f"decode(encode({s[:30]!r})) with GPT-2 files", DECODE)
     check_equal(
