@@ -115,11 +115,16 @@ CH3 = Chapter(
             doc="docs/chapter03/3_2_tokenizers.md",
             hints=(
                 "SimpleTokenizer: sorted(set(text)) gives a stable vocabulary; keep two dicts, "
-                "char->id and id->char.",
-                "BPE works on bytes: start from the 256 single bytes, count adjacent pairs, merge the "
-                "most frequent pair into a new id, repeat.",
-                "Keep the pair counts up to date as you merge (only the neighbours of a merged pair "
-                "change) instead of recounting the whole corpus every time.",
+                "char->id and id->char, and raise ValueError naming a character not in the first.",
+                "BPE works on bytes: start from the 256 single bytes, count adjacent pairs (a word "
+                "seen c times counts c times), merge the most frequent pair into a new id, repeat; "
+                "on equal counts the smallest pair (a, b) wins, and stop when no pair occurs twice.",
+                "Keep the pair counts up to date as you merge: merging (a, b) at one place only "
+                "turns (x, a) into (x, new) and (b, y) into (new, y), so store where each pair "
+                "occurs (a linked list over the symbols) and pick the best pair from a heap.",
+                "_encode_chunk: repeatedly find the adjacent pair with the lowest rank in "
+                "self._ranks and merge it everywhere with merge_ids; decode joins the tokens' bytes "
+                "and decodes them with errors='replace'.",
             ),
         ),
         Stage(
@@ -130,11 +135,15 @@ CH3 = Chapter(
             doc="docs/chapter03/3_1_gpt_overview.md",
             hints=(
                 "Token embedding + learned position embedding, n_layer pre-LN blocks, a final "
-                "LayerNorm, and an LM head that shares its weight with the token embedding.",
+                "LayerNorm, and an LM head that shares its weight with the token embedding: "
+                "self.lm_head.weight = self.transformer.wte.weight.",
                 "Causal self-attention: one Linear makes q, k and v (c_attn), split, reshape to "
                 "(B, nh, T, hs), mask the future, and project back with c_proj.",
                 "GPT-2 init: normal(0, 0.02) everywhere, and std 0.02/sqrt(2*n_layer) for the "
                 "residual projections (attn.c_proj and mlp.c_proj).",
+                "Use the names of the module docstring exactly (transformer.wte, transformer.h[i]."
+                "attn.c_attn, ...): the tests and from_hf_state_dict look parameters up by name, "
+                "and parameters() counts a tied weight once.",
             ),
         ),
         Stage(
