@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import manifest
+from . import learner, manifest
 from .report import write_json
 from .runner import UsageError, grade, resolve_tree, select_stages
 from .ui import LiveProgress, make_console, render, render_list
 
-COMMANDS = ("grade", "list")
+COMMANDS = ("grade", "list", *learner.COMMANDS)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -32,7 +32,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         description="Grade your code stage by stage. `python -m grader ch2` is short for "
         "`python -m grader grade ch2`.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{grade,list}")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
 
     g = commands.add_parser("grade", help="run a chapter's stages against a tree of code")
     g.add_argument("chapter", help="the chapter to grade: " + ", ".join(manifest.CHAPTERS))
@@ -50,7 +50,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     g.add_argument("-v", "--verbose", action="store_true", help="list every test that failed")
 
     listing = commands.add_parser("list", help="show the chapters and their stages")
-    return parser, {"grade": g, "list": listing}
+    return parser, {"grade": g, "list": listing, **learner.add_parsers(commands)}
 
 
 def _chapter(name: str) -> manifest.Chapter:
@@ -71,11 +71,13 @@ def run(argv: list[str]) -> int:
     else:
         args = parser.parse_args(argv)
     console = make_console()
-    if args.command in (None, "list"):
+    if args.command is None:  # `python -m grader`: where the learner is, what to do next
+        return learner.show_status(console)
+    if args.command == "list":
         render_list(console, manifest.CHAPTERS)
-        if args.command is None:
-            console.print("Grade a chapter with: python -m grader ch2   (see --help)")
         return EXIT_OK
+    if args.command in learner.COMMANDS:
+        return learner.run(args, console)
 
     chapter = _chapter(args.chapter)
     if args.stage and args.stage_name and args.stage != args.stage_name:
@@ -87,11 +89,13 @@ def run(argv: list[str]) -> int:
     select_stages(chapter, only)  # and so is an unknown stage
 
     progress = LiveProgress(console, chapter)
-    try:
-        result = grade(chapter, args.tree, only=only, run_all=args.all, progress=progress)
-    finally:
-        progress.close()
-    render(console, result, verbose=args.verbose)
+    with learner.grading_session() as session:  # stages may leave artifacts (e2e text, losses)
+        try:
+            result = grade(chapter, args.tree, only=only, run_all=args.all, progress=progress)
+        finally:
+            progress.close()
+        render(console, result, verbose=args.verbose)
+        learner.after_grade(console, result, session)  # saved progress, artifacts shown
     if args.json:
         write_json(result, args.json)
         console.print(f"JSON report: {args.json}", style="dim")

@@ -100,6 +100,14 @@ def make_stage_at(folder: Path, name: str, source: str, **kwargs) -> Stage:
     )
 
 
+@pytest.fixture(autouse=True)
+def _state_in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """Progress, hints and backups go to a tmp folder, never the repository's .grader/."""
+    folder = tmp_path / "grader_state"
+    monkeypatch.setenv("GRADER_STATE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "tree")
