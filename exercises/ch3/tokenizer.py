@@ -295,8 +295,11 @@ class BPETokenizer:
                 continue
             for chunk in self._chunks(piece):
                 data = chunk.encode("utf-8")
+                if len(data) > LONG_CHUNK:  # pattern=None or a huge word: the heap version
+                    ids.extend(_merge_by_rank([self.byte_ids[b] for b in data], self))
+                    continue
                 cached = self._cache.get(data)
-                if cached is None:
+                if cached is None:  # words repeat: encode each distinct chunk once
                     cached = self._cache[data] = self._encode_chunk(data)
                 ids.extend(cached)
         return ids
@@ -345,6 +348,46 @@ class BPETokenizer:
     def load(cls, path: str | Path) -> BPETokenizer:
         """Read a tokenizer written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# Chunks longer than this (in bytes) skip _encode_chunk, whose scan for the best pair makes it
+# cost O(length x merges applied): 1 MB encoded without a pattern would take about a minute.
+LONG_CHUNK = 256
+
+
+def _merge_by_rank(ids: list[int], tokenizer: BPETokenizer) -> list[int]:
+    """What :meth:`BPETokenizer._encode_chunk` computes, in O(n log n) for long sequences.
+
+    The symbols form a linked list and a heap holds ``(rank, position)`` for every adjacent pair
+    that has a rank: the lowest rank pops first and, within it, the leftmost position, as in the
+    one-merge-at-a-time definition. An entry whose pair has changed since it was pushed is
+    skipped; a merge pushes the two pairs it forms with its neighbours.
+    """
+    ranks, merges = tokenizer._ranks, tokenizer.merges
+    n = len(ids)
+    if n < 2:
+        return ids
+    sym = list(ids)
+    nxt = [*range(1, n), -1]
+    prev = list(range(-1, n - 1))
+    heap = [(ranks[p], i) for i, p in enumerate(zip(ids, ids[1:], strict=False)) if p in ranks]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = nxt[i]
+        if sym[i] == -1 or j == -1 or ranks.get((sym[i], sym[j])) != rank:
+            continue  # stale: this pair was merged away or changed
+        new = merges[(sym[i], sym[j])]
+        k = nxt[j]
+        sym[i], sym[j], nxt[i] = new, -1, k
+        if k != -1:
+            prev[k] = i
+            if (r := ranks.get((new, sym[k]))) is not None:
+                heapq.heappush(heap, (r, i))
+        p = prev[i]
+        if p != -1 and (r := ranks.get((sym[p], new))) is not None:
+            heapq.heappush(heap, (r, p))
+    return [t for t in sym if t != -1]
 
 
 def _compile_specials(special_tokens: list[str]):

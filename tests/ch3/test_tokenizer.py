@@ -331,6 +331,23 @@ def test_round_trip_any_string(trained, pattern):
         )
 
 
+def test_long_text_without_pattern():
+    """With pattern=None a long text is one chunk, and encode still applies merges by rank."""
+    t = tok.BPETokenizer().train(corpus(800), 360, pattern=None)
+    text = corpus(600, seed=9)
+    ids = list(text.encode("utf-8"))
+    ranks = {pair: r for r, pair in enumerate(t.merges)}
+    while len(ids) > 1:  # the definition, one merge at a time
+        pair = min(zip(ids, ids[1:], strict=False), key=lambda p: ranks.get(p, 1 << 30))
+        if pair not in ranks:
+            break
+        ids = ref_merge(ids, pair, t.merges[pair])
+    check_equal(
+        t.encode(text), ids, f"encode of a {len(text)}-character text with pattern=None", ENCODE
+    )
+    check_equal(t.decode(ids), text, "decode of that text", DECODE)
+
+
 def test_special_tokens_whole_and_never_merged():
     """A special token encodes to its one id and its text never takes part in merges."""
     # Many short documents: unless cut out, the special token's pieces are the commonest pairs.
