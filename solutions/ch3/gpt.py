@@ -329,7 +329,8 @@ class GPT(nn.Module):
                 raise ValueError(
                     f"{key}: expected shape {tuple(target.shape)}, got {tuple(value.shape)}"
                 )
-            weights[key] = value
+            # A contiguous copy: the model must not share memory with the caller's tensors.
+            weights[key] = value.detach().clone(memory_format=torch.contiguous_format)
         model.load_state_dict(weights, strict=False, assign=True)
         model.lm_head.weight = model.transformer.wte.weight  # assign=True broke the tie
         return model

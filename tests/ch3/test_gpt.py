@@ -379,6 +379,17 @@ def test_from_hf_state_dict_round_trip(prefix):
             "ch3/gpt.py, GPT.from_hf_state_dict and the parameter names",
             atol=1e-5,
         )
+    with torch.no_grad():
+        before = loaded(idx)[0]
+        for value in hf.values():  # the loaded model must own its weights
+            value.add_(1.0)
+        check_close(
+            loaded(idx)[0],
+            before,
+            "logits after the source state dict changed",
+            "ch3/gpt.py, GPT.from_hf_state_dict (copy the weights)",
+            atol=0,
+        )
     default_heads = gpt.GPT.from_hf_state_dict(to_hf(tiny(n_embd=128, n_head=2), prefix))
     check_equal(
         default_heads.config.n_head,
