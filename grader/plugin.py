@@ -14,6 +14,9 @@ Lines, in order (every line is one JSON object with an ``event`` key):
 - ``{"event": "start", "nodeid"}`` before each test;
 - ``{"event": "test", "nodeid", "name", "doc", "outcome", "status", "message", "where",
   "exception", "seconds"}`` after each test (see :func:`classify` for ``status``);
+- ``{"event": "hidden", "count", "included"}`` when the stage has tests marked ``hidden``
+  (left out unless ``GRADER_HIDDEN=1``: an instructor's run);
+- ``{"event": "flag", "reason", "where"}`` from the integrity guard (``grader/guard.py``);
 - ``{"event": "exit", "code", "where"}`` when learner code calls ``os._exit`` (just before it
   runs);
 - ``{"event": "finish", "exitstatus"}`` when the session ends normally.
@@ -24,6 +27,7 @@ under test (the learner's code), tree-relative, or ``null`` when the error did n
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -49,6 +53,9 @@ SKIPPED = "skipped"
 _LOAD_ERRORS = (SyntaxError, ImportError, NameError)
 _TIMEOUT_PREFIX = "Timeout (>"  # pytest-timeout's message, signal method
 _MAX_MESSAGE = 600
+_OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "not enough memory")
+HIDDEN_ENV = "GRADER_HIDDEN"  # "1": run the tests marked hidden (an instructor's run)
+PACKAGE = "llm_tree"  # the name tests/tree.py imports the tree under
 
 
 def _tree_root() -> Path | None:
@@ -118,6 +125,16 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _loading_file(tb: TracebackType | None, places: _Places) -> str | None:
+    """The tree file Python was compiling when ``tb`` was raised (importlib's ``source_path``)."""
+    while tb is not None:
+        path = tb.tb_frame.f_locals.get("source_path") or tb.tb_frame.f_locals.get("path")
+        if isinstance(path, str) and places.in_tree(path):
+            return places.in_tree(path)
+        tb = tb.tb_next
+    return None
+
+
 def classify(exc: BaseException, places: _Places) -> dict[str, Any]:
     """What went wrong, for the learner: ``status``, one-line ``message``, ``where``, ``exception``.
 
@@ -143,8 +160,26 @@ def classify(exc: BaseException, places: _Places) -> dict[str, Any]:
     if isinstance(exc, SystemExit):
         message = f"your code called sys.exit({exc.code!r}), which would stop the whole program"
         return info | {"status": CRASHED, "message": message + _at(where)}
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(s in text.lower() for s in _OUT_OF_MEMORY)
+    ):
         return info | {"status": CRASHED, "message": "ran out of memory" + _at(where)}
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        message = "wrote more output than the grader allows (printing in a loop?)" + _at(where)
+        return info | {"status": CRASHED, "message": message}
+    if isinstance(exc, (SyntaxError, ValueError)) and "null bytes" in text:
+        rel = _loading_file(tb, places) or "a file of your tree"
+        where = {"file": rel, "line": None, "function": None}
+        message = f"{rel} is not Python source code (it contains null bytes)"
+        return info | {"status": ERROR, "message": message, "where": where}
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith(PACKAGE + "."):
+        rel = exc.name[len(PACKAGE) + 1 :].replace(".", "/") + ".py"
+        message = f"{rel} is missing from your tree (was it deleted, moved or renamed?)"
+        return info | {"status": ERROR, "message": message, "where": None}
+    if isinstance(exc, SyntaxError) and exc.filename is None:
+        rel = _loading_file(tb, places) or "a file of your tree"
+        message = f"{rel} is not valid Python source: {exc.msg}"
+        return info | {"status": ERROR, "message": message, "where": None}
     if isinstance(exc, SyntaxError):
         rel = places.in_tree(exc.filename or "") or exc.filename or "?"
         where = {"file": rel, "line": exc.lineno, "function": None}
@@ -169,6 +204,9 @@ def classify(exc: BaseException, places: _Places) -> dict[str, Any]:
     if isinstance(exc, pytest.fail.Exception):
         return info | {"status": FAILED, "message": _first_line(text) + _at(where)}
     message = f"{kind}: {_first_line(text)}" if text else kind
+    if isinstance(exc, (TypeError, AttributeError)) and "NoneType" in text:
+        # A stub that returns None (a forgotten `return`) fails where its result is used.
+        message = f"got None where a value was expected (a missing `return`?): {message}"
     if where is not None:
         message += f" (raised at {where['file']}:{where['line']}, in {where['function']})"
     return info | {"status": FAILED, "message": message}
@@ -237,6 +275,17 @@ class GraderPlugin:
             }
         self.emit({"event": "collect_error", "nodeid": report.nodeid, **record})
 
+    def pytest_collection_modifyitems(self, session, config, items) -> None:
+        """Leave out tests marked ``hidden`` unless this is an instructor's run."""
+        hidden = [item for item in items if item.get_closest_marker("hidden") is not None]
+        if not hidden:
+            return
+        included = os.environ.get(HIDDEN_ENV) == "1"
+        if not included:
+            items[:] = [item for item in items if item.get_closest_marker("hidden") is None]
+            config.hook.pytest_deselected(items=hidden)
+        self.emit({"event": "hidden", "count": len(hidden), "included": included})
+
     def pytest_collection_finish(self, session) -> None:
         self.emit({"event": "collected", "nodeids": [item.nodeid for item in session.items]})
 
@@ -296,6 +345,9 @@ class GraderPlugin:
 
 
 def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "hidden: a test only an instructor's run includes (GRADER_HIDDEN=1)"
+    )
     path = os.environ.get(RESULTS_ENV)
     if path:
         config.pluginmanager.register(GraderPlugin(path), "grader-results")

@@ -30,8 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ CRASHED = plugin.CRASHED
 SKIPPED = plugin.SKIPPED
 LOCKED = "locked"
 NOT_RUN = "not run"  # a test the stage never reached (it was stopped or died first)
+PUBLIC_PASSED = "public tests passed"  # passed, with the stage's hidden tests left out
 
 STAGE_STATUSES = (PASSED, FAILED, NOT_STARTED, ERROR, TIMED_OUT, CRASHED, LOCKED)
 # Which problem a stage reports when its tests disagree: the first one the learner must fix.
@@ -121,6 +122,8 @@ class StageResult:
     files: tuple[str, ...] = ()
     returncode: int | None = None
     log_tail: str = ""  # the end of pytest's own output, for diagnosing a crash
+    flags: tuple[str, ...] = ()  # integrity problems (grader/integrity.py): the stage scores 0
+    hidden_excluded: int = 0  # tests marked hidden that this (learner's) run left out
 
     @property
     def passed(self) -> int:
@@ -132,13 +135,20 @@ class StageResult:
 
     @property
     def score(self) -> float:
-        if self.status == LOCKED or self.total == 0:
+        if self.status == LOCKED or self.total == 0 or self.flags:
             return 0.0
         return round(self.points * self.passed / self.total, 2)
 
     @property
     def ok(self) -> bool:
-        return self.status == PASSED
+        return self.status == PASSED and not self.flags
+
+    @property
+    def label(self) -> str:
+        """The status as shown: ``public tests passed`` when hidden tests were left out."""
+        if self.status == PASSED and self.hidden_excluded:
+            return PUBLIC_PASSED
+        return self.status
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,21 @@ class Silent:
         pass
 
 
+@dataclass(frozen=True)
+class Sandbox:
+    """How a stage subprocess is started, for front ends that isolate it (``grader/batch.py``).
+
+    ``cwd`` replaces the repository root as working directory (the tests are then given by
+    absolute path); ``env`` is laid over the stage's environment; ``prefix`` goes before the
+    command (a wrapper that sets resource limits and execs the rest); ``pytest_args`` after it.
+    """
+
+    cwd: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    prefix: tuple[str, ...] = ()
+    pytest_args: tuple[str, ...] = ()
+
+
 # -- trees ----------------------------------------------------------------------------------
 
 
@@ -211,12 +236,15 @@ def resolve_tree(tree: str | os.PathLike[str]) -> tuple[str, Path]:
 # -- one stage ------------------------------------------------------------------------------
 
 
-def pytest_command(stage: Stage, python: str = sys.executable) -> list[str]:
+def pytest_command(
+    stage: Stage, python: str = sys.executable, root: Path | None = None
+) -> list[str]:
+    """The stage's pytest command; ``root`` makes the test path absolute (another cwd)."""
     return [
         python,
         "-m",
         "pytest",
-        stage.tests,
+        str(root / stage.tests) if root is not None else stage.tests,
         "-p",
         "pytest_timeout",
         "-p",
@@ -228,6 +256,9 @@ def pytest_command(stage: Stage, python: str = sys.executable) -> list[str]:
         "--tb=no",
         "--show-capture=no",
         "--color=no",
+        # The integrity guard (grader/guard.py); it switches itself off for solutions/.
+        "-p",
+        "grader.guard",
     ]
 
 
@@ -328,9 +359,11 @@ def run_stage(
     repo_root: Path = REPO_ROOT,
     python: str = sys.executable,
     poll_interval: float = 0.05,
+    sandbox: Sandbox | None = None,
 ) -> StageResult:
     """Run one stage's tests against ``tree`` in a subprocess and classify what happened."""
     progress = progress or Silent()
+    sandbox = sandbox or Sandbox()
     tree_value, tree_dir = resolve_tree(tree)
     base = {
         "chapter": chapter.name,
@@ -357,10 +390,11 @@ def run_stage(
         finished: dict[str, TestResult] = {}
         killed = False
         with open(log_path, "wb") as log:
+            root = repo_root if sandbox.cwd is not None else None
             proc = subprocess.Popen(
-                pytest_command(stage, python),
-                cwd=repo_root,
-                env=stage_env(tree_value, results),
+                [*sandbox.prefix, *pytest_command(stage, python, root), *sandbox.pytest_args],
+                cwd=sandbox.cwd or repo_root,
+                env=stage_env(tree_value, results) | dict(sandbox.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -394,7 +428,7 @@ def run_stage(
                 else:
                     _kill_group(proc)  # anything the learner's code left running
         records.poll()
-        log_text = log_path.read_text(encoding="utf-8", errors="replace")
+        log_text = _tail(log_path, _LOG_TAIL)
     seconds = time.monotonic() - start
     return _assemble(
         base,
@@ -403,9 +437,17 @@ def run_stage(
         killed,
         seconds,
         stage,
-        log_text[-_LOG_TAIL:],
+        log_text,
         tree_dir,
     )
+
+
+def _tail(path: Path, chars: int) -> str:
+    """The end of a file, read without loading the rest (learner code may print megabytes)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4 * chars))
+        return f.read().decode("utf-8", errors="replace")[-chars:]
 
 
 def _assemble(
@@ -424,9 +466,15 @@ def _assemble(
     collect_errors: list[dict[str, Any]] = []
     exit_record: dict[str, Any] | None = None
     finish: dict[str, Any] | None = None
+    flags: list[str] = []
+    hidden = 0
     for r in items:
         event = r.get("event")
-        if event == "collected":
+        if event == "flag" and r.get("reason") not in flags:
+            flags.append(r.get("reason", "integrity"))
+        elif event == "hidden" and not r.get("included"):
+            hidden = int(r.get("count", 0))
+        elif event == "collected":
             collected = list(r.get("nodeids", []))
         elif event == "collect_error":
             collect_errors.append(r)
@@ -439,7 +487,13 @@ def _assemble(
         elif event == "finish":
             finish = r
     running = next((n for n in started if n not in tests), None)  # the test it died in
-    common = {"seconds": round(seconds, 3), "returncode": returncode, "log_tail": log_tail}
+    common = {
+        "seconds": round(seconds, 3),
+        "returncode": returncode,
+        "log_tail": log_tail,
+        "flags": tuple(flags),
+        "hidden_excluded": hidden,
+    }
 
     if not items and not killed and returncode > 0:
         # pytest stopped before the plugin was even configured (a broken conftest, a bad
@@ -590,6 +644,7 @@ def grade(
     run_all: bool = False,
     progress: Progress | None = None,
     repo_root: Path = REPO_ROOT,
+    sandbox: Sandbox | None = None,
 ) -> ChapterResult:
     """Grade ``chapter`` on ``tree`` stage by stage; later stages are locked after the first one
     that does not pass, unless ``run_all`` (or ``only`` names the stages to run)."""
@@ -604,7 +659,9 @@ def grade(
             results.append(locked(chapter, stage, blocker))
             continue
         progress.stage_started(stage, index, len(stages))
-        result = run_stage(chapter, stage, tree_value, progress=progress, repo_root=repo_root)
+        result = run_stage(
+            chapter, stage, tree_value, progress=progress, repo_root=repo_root, sandbox=sandbox
+        )
         progress.stage_finished(stage, result)
         results.append(result)
         if not result.ok and blocker is None:
@@ -622,6 +679,7 @@ def grade(
 __all__ = [
     "ChapterResult",
     "Progress",
+    "Sandbox",
     "StageResult",
     "TestResult",
     "UsageError",
