@@ -191,6 +191,7 @@ class BPETokenizer:
         self._setup(merges or {}, special_tokens or {}, pattern, byte_ids)
 
     def _setup(self, merges, special_tokens, pattern, byte_ids) -> None:
+        """(Re)build the state and every table derived from it (ranks, vocab, regexes, cache)."""
         self.byte_ids = list(range(256)) if byte_ids is None else [int(i) for i in byte_ids]
         if sorted(set(self.byte_ids)) != sorted(self.byte_ids) or len(self.byte_ids) != 256:
             raise ValueError("byte_ids must give 256 distinct ids, one per byte value")
@@ -254,11 +255,11 @@ class BPETokenizer:
                 f"vocab_size={vocab_size} is too small: it must hold the 256 byte values and "
                 f"{len(special_tokens)} special token(s)"
             )
-        self._setup({}, {}, pattern, None)
+        split = _compile(pattern)
         chunk_counts: Counter[str] = Counter()
         for piece in _split_special(text, _compile_specials(special_tokens)):
             if piece not in special_tokens:
-                chunk_counts.update(self._chunks(piece))
+                chunk_counts.update(_pretokenize(piece, split))
         words = {tuple(chunk.encode("utf-8")): c for chunk, c in chunk_counts.items()}
         merges = learn_merges(words, num_merges, first_id=256)
         first_special = 256 + len(merges)
@@ -267,12 +268,6 @@ class BPETokenizer:
         return self
 
     # -- encoding and decoding ------------------------------------------------------------------
-
-    def _chunks(self, text: str) -> list[str]:
-        """``text`` split by the pre-tokenisation pattern (the whole text if there is none)."""
-        if self._regex is None:
-            return [text] if text else []
-        return self._regex.findall(text)
 
     def _encode_chunk(self, chunk: bytes) -> list[int]:
         """The ids of one chunk: its bytes, then merges applied lowest rank first.
@@ -293,7 +288,7 @@ class BPETokenizer:
             if piece in self.special_tokens:
                 ids.append(self.special_tokens[piece])
                 continue
-            for chunk in self._chunks(piece):
+            for chunk in _pretokenize(piece, self._regex):
                 data = chunk.encode("utf-8")
                 if len(data) > LONG_CHUNK:  # pattern=None or a huge word: the heap version
                     ids.extend(_merge_by_rank([self.byte_ids[b] for b in data], self))
@@ -394,6 +389,13 @@ def _compile_specials(special_tokens: list[str]):
     """A regex matching any special token, longest first (so one that contains another wins)."""
     specials = sorted(special_tokens, key=len, reverse=True)
     return _compile("|".join(re.escape(s) for s in specials)) if specials else None
+
+
+def _pretokenize(text: str, split) -> list[str]:
+    """``text`` cut by the compiled pre-tokenisation pattern ``split`` (whole if it is None)."""
+    if split is None:
+        return [text] if text else []
+    return split.findall(text)
 
 
 def _split_special(text: str, special_regex) -> list[str]:
