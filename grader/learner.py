@@ -34,7 +34,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from . import artifacts, manifest, progress
+from . import artifacts, manifest, progress, stubs
 from .manifest import Chapter, Stage
 from .progress import NOT_RUN_YET, Progress
 from .runner import (
@@ -46,7 +46,7 @@ from .runner import (
     run_stage,
     select_stages,
 )
-from .stubs import BEGIN, END, SOLUTIONS, STUB, stub_text
+from .stubs import BEGIN, END, STUB
 from .ui import LiveProgress, status_text
 
 COMMANDS = ("status", "watch", "hint", "reset", "solution")
@@ -220,7 +220,9 @@ def show_status(console: Console, tree: str = "exercises") -> int:
     if found is None:
         console.print(Text("Every stage of every chapter passed. Well done!", style="bold green"))
         console.print(
-            f"Compare your code with the reference: {command('solution', 'ch2', 'attention', tree=tree)}"
+            "Compare your code with the reference: "
+            + command("solution", "CHAPTER", "STAGE", tree=tree),
+            soft_wrap=True,
         )
         return EXIT_OK
     chapter, stage = found
@@ -235,15 +237,21 @@ def show_status(console: Console, tree: str = "exercises") -> int:
             status.append(f": {last['message']}")
         console.print(_field("Status:", status))
     folder = resolve_tree(tree)[1]
-    console.print(_field("Edit:", ", ".join(tree_file(folder, f) for f in stage.files)))
+    edit = ", ".join(tree_file(folder, f) for f in stage.files)
+    console.print(_field("Edit:", edit), soft_wrap=True)
     if stage.hints:
         console.print(_field("Hint:", stage.hints[0]))
     console.print(_field("Read:", stage.doc))
-    console.print(_field("Run:", command(chapter.name, stage.name, tree=tree), style="bold"))
     console.print(
-        _field("", f"{command('watch', chapter.name, tree=tree)}   (reruns it on every save)")
+        _field("Run:", command(chapter.name, stage.name, tree=tree), style="bold"), soft_wrap=True
     )
-    console.print(_field("More:", command("hint", chapter.name, stage.name, tree=tree)))
+    console.print(
+        _field("", f"{command('watch', chapter.name, tree=tree)}   (reruns it on every save)"),
+        soft_wrap=True,
+    )
+    console.print(
+        _field("More:", command("hint", chapter.name, stage.name, tree=tree)), soft_wrap=True
+    )
     return EXIT_OK
 
 
@@ -272,7 +280,10 @@ def show_hint(
     if reset:
         state.set_hint_level(chapter.name, stage.name, 0)
         state.save()
-        console.print(f"Hints for {name} start over: {command('hint', chapter.name, stage.name)}")
+        console.print(
+            f"Hints for {name} start over: {command('hint', chapter.name, stage.name)}",
+            soft_wrap=True,
+        )
         return EXIT_OK
     if not hints:
         console.print(f"{name} has no hints: read {stage.doc}")
@@ -291,7 +302,8 @@ def show_hint(
         console.print(
             Text(f"No more hints for {name}. Read {stage.doc}; once the stage passes, ")
             + Text(command("solution", chapter.name, stage.name, tree=tree), style="bold")
-            + Text(" shows the reference.")
+            + Text(" shows the reference."),
+            soft_wrap=True,
         )
         return EXIT_OK
     state.set_hint_level(chapter.name, stage.name, new)
@@ -302,7 +314,7 @@ def show_hint(
         console.print(Text(f"  {number}. {text}", style=style))
     if new < len(hints):
         more = command("hint", chapter.name, stage.name, tree=tree)
-        console.print(Text(f"A stronger hint: {more}", style="dim"))
+        console.print(Text(f"A stronger hint: {more}", style="dim"), soft_wrap=True)
     else:
         console.print(Text(f"That was the last hint. The full story: {stage.doc}", style="dim"))
     return EXIT_OK
@@ -349,7 +361,7 @@ def reset_stage(
     value, folder = resolve_tree(tree)
     if value == "solutions":
         raise UsageError("the solutions tree is the reference: there is nothing to reset")
-    pristine = {rel: stub_text(rel) for rel in stage.files}
+    pristine = {rel: stubs.stub_text(rel) for rel in stage.files}
     current = {}
     for rel in stage.files:
         path = folder / rel
@@ -377,10 +389,12 @@ def reset_stage(
     state.forget(chapter.name, [s.name for s in chapter.stages if set(s.files) & set(changed)])
     with contextlib.suppress(OSError):
         state.save()
-    console.print(f"Reset {shown} to the stub.")
+    console.print(f"Reset {shown} to the stub.", soft_wrap=True)
     if any(current[rel] is not None for rel in changed):
-        console.print(f"Your previous code is in {tree_file(backup, '')}")
-    console.print(f"Start again with: {command(chapter.name, stage.name, tree=tree)}")
+        console.print(f"Your previous code is in {tree_file(backup, '')}", soft_wrap=True)
+    console.print(
+        f"Start again with: {command(chapter.name, stage.name, tree=tree)}", soft_wrap=True
+    )
     return EXIT_OK
 
 
@@ -390,7 +404,7 @@ def reset_stage(
 def reference_text(rel: str) -> str:
     """The reference file as a learner would write it: no solution markers, no stub comments."""
     out, in_stub = [], False
-    for line in (SOLUTIONS / rel).read_text(encoding="utf-8").splitlines(keepends=True):
+    for line in (stubs.SOLUTIONS / rel).read_text(encoding="utf-8").splitlines(keepends=True):
         mark = line.strip()
         if mark == BEGIN:
             continue
@@ -518,7 +532,9 @@ def show_artifacts(
             with contextlib.suppress(Exception):  # a broken matplotlib never breaks grading
                 picture = plot(art, target)
             if picture is not None:
-                console.print(_field("Curve:", tree_file(picture.parent, picture.name)))
+                console.print(
+                    _field("Curve:", tree_file(picture.parent, picture.name)), soft_wrap=True
+                )
         elif art.val_loss is not None:
             console.print(_field("Loss:", f"validation loss {art.val_loss:.3f}"))
 
