@@ -7,14 +7,16 @@ chapter or stage, a tree folder that does not exist), which is reported in one l
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import learner, manifest
+from . import batch, learner, manifest
+from .formats import write_gradescope, write_junit
 from .report import write_json
 from .runner import UsageError, grade, resolve_tree, select_stages
 from .ui import LiveProgress, make_console, render, render_list
 
-COMMANDS = ("grade", "list", *learner.COMMANDS)
+COMMANDS = ("grade", "list", "batch", *learner.COMMANDS)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -47,10 +49,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     which.add_argument("--all", action="store_true", help="run every stage, even after a failure")
     which.add_argument("--stage", metavar="NAME", help="run only this stage")
     g.add_argument("--json", metavar="FILE", help="also write a JSON report to FILE")
+    g.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
+    g.add_argument("--gradescope", metavar="FILE", help="also write Gradescope's results.json")
+    g.add_argument(
+        "--hidden", action="store_true", help="include the tests marked hidden (GRADER_HIDDEN=1)"
+    )
     g.add_argument("-v", "--verbose", action="store_true", help="list every test that failed")
 
     listing = commands.add_parser("list", help="show the chapters and their stages")
-    return parser, {"grade": g, "list": listing, **learner.add_parsers(commands)}
+    instructor = batch.add_parser(commands)
+    parsers = {"grade": g, "list": listing, "batch": instructor}
+    return parser, parsers | learner.add_parsers(commands)
 
 
 def _chapter(name: str) -> manifest.Chapter:
@@ -78,6 +87,8 @@ def run(argv: list[str]) -> int:
         return EXIT_OK
     if args.command in learner.COMMANDS:
         return learner.run(args, console)
+    if args.command == "batch":
+        return batch.run(args, _chapter(args.chapter), console)
 
     chapter = _chapter(args.chapter)
     if args.stage and args.stage_name and args.stage != args.stage_name:
@@ -87,6 +98,8 @@ def run(argv: list[str]) -> int:
         raise UsageError("--all and a single stage cannot be used together")
     resolve_tree(args.tree)  # a missing folder is a usage error before anything runs
     select_stages(chapter, only)  # and so is an unknown stage
+    if args.hidden:
+        os.environ["GRADER_HIDDEN"] = "1"  # the stage subprocesses inherit it
 
     progress = LiveProgress(console, chapter)
     with learner.grading_session() as session:  # stages may leave artifacts (e2e text, losses)
@@ -99,6 +112,12 @@ def run(argv: list[str]) -> int:
     if args.json:
         write_json(result, args.json)
         console.print(f"JSON report: {args.json}", style="dim")
+    if args.junit:
+        write_junit(result, args.junit)
+        console.print(f"JUnit report: {args.junit}", style="dim")
+    if args.gradescope:
+        write_gradescope(result, args.gradescope)
+        console.print(f"Gradescope results: {args.gradescope}", style="dim")
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -17,6 +17,11 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
           "name": "attention", "title": "...",
           "status": "passed",               # passed, failed, not started, error, timed out,
                                             # crashed, locked
+          "label": "passed",                # the status as shown: "public tests passed" when
+                                            # hidden tests were left out (learner's run)
+          "hidden_excluded": 0,             # tests marked hidden that this run left out
+          "flags": [],                      # integrity problems (grader/integrity.py,
+                                            # grader/guard.py): a flagged stage scores 0
           "points": 10, "score": 10.0,
           "tests_passed": 12, "tests_total": 12, "seconds": 2.4,
           "message": "",                    # the first problem, one or two sentences
@@ -36,6 +41,8 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
       ]
     }
 
+The batch grader (``grader/batch.py``) adds ``"learner"`` and ``"integrity"`` (every static
+finding, as ``"file:line: reason"``) at the top level of each learner's report.
 Locked stages have ``"tests": []`` and ``tests_total`` 0. Fields are only ever added within a
 schema version.
 """
@@ -78,6 +85,9 @@ def stage_dict(stage: StageResult) -> dict[str, Any]:
         "name": stage.name,
         "title": stage.title,
         "status": stage.status,
+        "label": stage.label,
+        "hidden_excluded": stage.hidden_excluded,
+        "flags": list(stage.flags),
         "points": stage.points,
         "score": stage.score,
         "tests_passed": stage.passed,
@@ -115,9 +125,13 @@ def to_dict(result: ChapterResult) -> dict[str, Any]:
     }
 
 
-def write_json(result: ChapterResult, path: str | os.PathLike[str]) -> Path:
-    """Write the report to ``path`` (its folder is created) and return the path."""
+def write_json(
+    result: ChapterResult, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the report (plus the top-level fields ``extra``) to ``path`` (its folder is
+    created) and return the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(to_dict(result), indent=2) + "\n", encoding="utf-8")
+    data = to_dict(result) | (extra or {})
+    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return target

@@ -22,6 +22,7 @@ from .runner import (
     NOT_RUN,
     NOT_STARTED,
     PASSED,
+    PUBLIC_PASSED,
     SKIPPED,
     TIMED_OUT,
     ChapterResult,
@@ -31,6 +32,7 @@ from .runner import (
 
 STYLES = {
     PASSED: "bold green",
+    PUBLIC_PASSED: "green",
     FAILED: "bold red",
     NOT_STARTED: "yellow",
     ERROR: "bold red",
@@ -79,7 +81,7 @@ class LiveProgress:
             self.status.stop()
             self.status = None
         line = Text(f"{MARKS.get(result.status, '✗')} {self.label}: ")
-        line.append_text(status_text(result.status))
+        line.append_text(status_text(result.label))
         line.append(f" ({result.passed}/{result.total} tests, {_seconds(result.seconds)})")
         self.console.print(line)
 
@@ -112,7 +114,7 @@ def stage_table(result: ChapterResult) -> Table:
         table.add_row(
             str(number),
             stage.name,
-            status_text(stage.status),
+            status_text(stage.label),
             "–" if is_locked else f"{stage.passed}/{stage.total}",
             f"{stage.score:g}/{stage.points}",
             "–" if is_locked else _seconds(stage.seconds),
@@ -168,6 +170,9 @@ def render(console: Console, result: ChapterResult, verbose: bool = False) -> No
     console.print(heading)
     console.print(stage_table(result))
     console.print()
+    for stage in result.stages:
+        for flag in stage.flags:
+            console.print(Text(f"Integrity: {stage.name}: {flag} (no credit)", style="bold red"))
     problem = result.first_problem
     if problem is not None:
         for line in problem_lines(result, problem, verbose):
@@ -186,7 +191,15 @@ def render(console: Console, result: ChapterResult, verbose: bool = False) -> No
         f"   ({passed} of {len(result.stages)} stage(s) passed, {_seconds(result.seconds)})",
     )
     console.print(score)
-    if result.ok:
+    if result.ok and any(s.hidden_excluded for s in result.stages):
+        console.print(
+            Text(
+                "Every stage passed its public tests (hidden tests run when your instructor "
+                "grades).",
+                style="bold green",
+            )
+        )
+    elif result.ok:
         console.print(Text("Every stage passed.", style="bold green"))
 
 

@@ -1,0 +1,376 @@
+"""Grade a whole class: ``python -m grader batch ch3 SUBMISSIONS_DIR --jobs N``.
+
+Each immediate subfolder of ``SUBMISSIONS_DIR`` is one learner's copy of the exercises; the
+learner's name is the folder's name (hidden folders and plain files are ignored). The tree is the
+folder itself, or the first folder inside it that holds the chapter's folder (``alice/ch3/`` or
+``alice/exercises/ch3/``). Every submission is graded like ``--all``: every stage runs, nothing is
+locked, so each score is complete.
+
+Isolation, per submission: the submission is copied (regular files only) into a scratch folder
+and the copy is graded, so nothing the code does can change the original; every stage runs in
+its own subprocess with ``LLMFS_TREE`` naming the copy, a scratch working directory, its own
+``HOME`` and ``TMPDIR``, ``PYTHONDONTWRITEBYTECODE``, ``PYTHONHASHSEED=0`` and a fixed number of
+torch threads (so the same submission always gets the same score), the integrity guard
+(``grader/guard.py``), a memory and an output limit (``grader/limits.py``) and a time limit for
+the whole submission (stages after it is used up are ``timed out``). The tests always come from
+the grader's ``tests/``. ``--jobs`` submissions are graded at once.
+
+Output (``--out``, default ``grades-<chapter>``): ``gradebook.csv`` (learner, one column per
+stage score, total, max_score, flags, first_problem), and per learner
+``<learner>/report.json`` (schema ``llmfs-grader/1`` plus ``learner`` and ``integrity``),
+``<learner>/junit.xml`` and ``<learner>/results.json`` (Gradescope).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import formats, integrity, limits
+from .manifest import Chapter, Stage
+from .report import write_json
+from .runner import (
+    ERROR,
+    REPO_ROOT,
+    TIMED_OUT,
+    ChapterResult,
+    Sandbox,
+    StageResult,
+    UsageError,
+    run_stage,
+    select_stages,
+)
+
+DEFAULT_JOBS = 2
+_COPY_MAX_BYTES = 50_000_000  # larger files (checkpoints, data) are not copied for grading
+
+
+@dataclass(frozen=True)
+class Options:
+    jobs: int = DEFAULT_JOBS
+    time_limit: float | None = None  # seconds per submission; None: the chapter's stage limits
+    memory_mb: float | None = limits.DEFAULT_MEMORY_MB
+    output_mb: float | None = limits.DEFAULT_OUTPUT_MB
+    hidden: bool = False  # include the tests marked hidden
+    only: tuple[str, ...] | None = None  # grade only these stages
+
+
+@dataclass(frozen=True)
+class Submission:
+    learner: str
+    folder: Path  # the learner's folder, as handed in
+    tree: Path | None  # the tree inside it (None: no chapter folder found)
+
+
+@dataclass(frozen=True)
+class Graded:
+    submission: Submission
+    result: ChapterResult
+    findings: tuple[integrity.Finding, ...] = ()
+    prefix: str = ""  # where the tree starts inside the learner's folder ("exercises/")
+
+    @property
+    def learner(self) -> str:
+        return self.submission.learner
+
+
+# -- finding the submissions ----------------------------------------------------------------
+
+
+def locate_tree(folder: Path, chapter: Chapter, depth: int = 3) -> Path | None:
+    """``folder`` or the shallowest folder inside it that holds ``<chapter>/`` (not a link)."""
+    level = [folder]
+    for _ in range(depth):
+        nxt = []
+        for candidate in level:
+            if (candidate / chapter.name).is_dir() and not (candidate / chapter.name).is_symlink():
+                return candidate
+            try:
+                children = sorted(p for p in candidate.iterdir() if p.is_dir())
+            except OSError:
+                continue
+            nxt.extend(p for p in children if not p.is_symlink() and not p.name.startswith("."))
+        level = nxt
+    return None
+
+
+def find_submissions(folder: str | os.PathLike[str], chapter: Chapter) -> list[Submission]:
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise UsageError(f"submissions folder {os.fspath(folder)!r} is not a folder")
+    subs = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
+            continue
+        subs.append(Submission(path.name, path, locate_tree(path, chapter)))
+    return subs
+
+
+# -- one submission -------------------------------------------------------------------------
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy the regular files and folders of ``source`` (no links, nothing huge) to ``target``."""
+    for folder, dirs, files in os.walk(source, followlinks=False):
+        here = Path(folder)
+        rel = here.relative_to(source)
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink() and d != "__pycache__"]
+        (target / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            path = here / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            if path.stat().st_size > _COPY_MAX_BYTES:
+                continue
+            shutil.copy2(path, target / rel / name)
+
+
+def sandbox_for(scratch: Path, options: Options) -> Sandbox:
+    """The subprocess settings for one submission, all under ``scratch``."""
+    dirs = {name: scratch / name for name in ("home", "tmp", "work")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, options.jobs)))
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {
+        "HOME": str(dirs["home"]),
+        "TMPDIR": str(dirs["tmp"]),
+        "TMP": str(dirs["tmp"]),
+        "TEMP": str(dirs["tmp"]),
+        "XDG_CACHE_HOME": str(dirs["home"] / ".cache"),
+        "MPLCONFIGDIR": str(dirs["home"] / ".matplotlib"),
+        "PYTHONPATH": pythonpath,
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "GRADER_HIDDEN": "1" if options.hidden else "0",
+        "GRADER_GUARD": "1",
+    }
+    return Sandbox(
+        cwd=dirs["work"],
+        env=env,
+        prefix=limits.prefix(options.memory_mb, options.output_mb),
+    )
+
+
+def _unrun(chapter: Chapter, stage: Stage, status: str, message: str) -> StageResult:
+    return StageResult(
+        chapter=chapter.name,
+        name=stage.name,
+        title=stage.title,
+        status=status,
+        points=stage.points,
+        message=message,
+        hint=stage.hints[0] if stage.hints else "",
+        doc=stage.doc,
+        files=stage.files,
+    )
+
+
+def grade_submission(
+    chapter: Chapter, submission: Submission, options: Options, scratch_root: Path
+) -> Graded:
+    """Grade one learner's copy in isolation; never raises for anything the copy contains."""
+    stages = select_stages(chapter, options.only)
+    start = time.monotonic()
+    if submission.tree is None:
+        message = f"no {chapter.name}/ folder in this submission"
+        results = tuple(_unrun(chapter, s, ERROR, message) for s in stages)
+        return Graded(submission, _chapter_result(chapter, submission, results, start))
+
+    scratch = Path(tempfile.mkdtemp(prefix="sub-", dir=scratch_root))
+    try:
+        copy = scratch / "tree"
+        copy_tree(submission.tree, copy)
+        findings = tuple(integrity.scan(submission.folder))
+        prefix = submission.tree.relative_to(submission.folder).as_posix()
+        prefix = f"{prefix}/" if prefix != "." else ""
+        sandbox = sandbox_for(scratch, options)
+        limit = options.time_limit or sum(s.time_limit for s in stages)
+        deadline = start + limit
+        results: list[StageResult] = []
+        for stage in stages:
+            left = deadline - time.monotonic()
+            if left < 1.0:
+                message = (
+                    f"not run: the submission used up its time limit of {limit:g} s "
+                    "(an endless loop in an earlier stage?)"
+                )
+                results.append(_unrun(chapter, stage, TIMED_OUT, message))
+                continue
+            bounded = dataclasses.replace(
+                stage,
+                time_limit=min(stage.time_limit, left),
+                test_timeout=min(stage.test_timeout, left),
+            )
+            result = run_stage(chapter, bounded, str(copy), sandbox=sandbox)
+            results.append(dataclasses.replace(result, log_tail=""))
+        graded = _chapter_result(chapter, submission, tuple(results), start)
+        graded = integrity.apply(graded, list(findings), chapter, prefix)
+        return Graded(submission, graded, findings, prefix)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _chapter_result(
+    chapter: Chapter, submission: Submission, stages: tuple[StageResult, ...], start: float
+) -> ChapterResult:
+    return ChapterResult(
+        chapter=chapter.name,
+        title=chapter.title,
+        tree=submission.learner,
+        tree_path=str(submission.tree or submission.folder),
+        stages=stages,
+        seconds=round(time.monotonic() - start, 3),
+    )
+
+
+# -- the class ------------------------------------------------------------------------------
+
+
+def grade_all(
+    chapter: Chapter,
+    submissions: list[Submission],
+    options: Options,
+    on_done: Callable[[Graded, int, int], None] | None = None,
+) -> list[Graded]:
+    """Grade every submission, ``options.jobs`` at a time; results in the submissions' order."""
+    lock = threading.Lock()
+    done = [0]
+    with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch_root:
+
+        def one(sub: Submission) -> Graded:
+            try:
+                graded = grade_submission(chapter, sub, options, Path(scratch_root))
+            except Exception as error:  # a grader problem must not stop the class
+                message = f"the grader could not grade this submission: {error!r}"
+                stages = select_stages(chapter, options.only)
+                results = tuple(_unrun(chapter, s, ERROR, message) for s in stages)
+                graded = Graded(sub, _chapter_result(chapter, sub, results, time.monotonic()))
+            with lock:
+                done[0] += 1
+                if on_done is not None:
+                    on_done(graded, done[0], len(submissions))
+            return graded
+
+        with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+            return list(pool.map(one, submissions))
+
+
+def gradebook_rows(chapter: Chapter, graded: list[Graded], only=None) -> list[list[str]]:
+    stages = select_stages(chapter, only)
+    rows = [["learner", *(s.name for s in stages), "total", "max_score", "flags", "first_problem"]]
+    for g in graded:
+        by_name = {s.name: s for s in g.result.stages}
+        flags = [f"{s.name}: {f}" for s in g.result.stages for f in s.flags]
+        flags += [
+            f"(no stage) {f}" for f in g.findings if not integrity.involved(f, chapter, g.prefix)
+        ]
+        problem = g.result.first_problem
+        rows.append(
+            [
+                g.learner,
+                *(f"{by_name[s.name].score:g}" for s in stages),
+                f"{g.result.score:g}",
+                f"{g.result.max_score:g}",
+                "; ".join(flags),
+                f"{problem.name}: {problem.status}: {problem.message}" if problem else "",
+            ]
+        )
+    return rows
+
+
+def write_outputs(chapter: Chapter, graded: list[Graded], out: Path, only=None) -> Path:
+    """The gradebook and every learner's reports under ``out``; returns the gradebook's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    book = out / "gradebook.csv"
+    with open(book, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(gradebook_rows(chapter, graded, only))
+    for g in graded:
+        folder = out / g.learner
+        extra = {"learner": g.learner, "integrity": [str(f) for f in g.findings]}
+        write_json(g.result, folder / "report.json", extra=extra)
+        formats.write_junit(g.result, folder / "junit.xml", name=f"{g.learner} · {chapter.name}")
+        formats.write_gradescope(g.result, folder / "results.json")
+    return book
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def add_parser(commands) -> object:
+    """The ``batch`` subcommand (``commands`` is the CLI's subparsers object)."""
+    b = commands.add_parser("batch", help="grade every learner's copy in a folder (instructors)")
+    b.add_argument("chapter", help="the chapter to grade")
+    b.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="one subfolder per learner")
+    b.add_argument("--jobs", "-j", type=int, default=DEFAULT_JOBS, help="submissions at once")
+    b.add_argument("--out", metavar="DIR", help="where to write (default: grades-<chapter>)")
+    b.add_argument("--time-limit", type=float, metavar="S", help="seconds per submission")
+    b.add_argument(
+        "--memory-limit",
+        type=float,
+        default=limits.DEFAULT_MEMORY_MB,
+        metavar="MB",
+        help=f"address space per stage process (default {limits.DEFAULT_MEMORY_MB}; 0: none)",
+    )
+    b.add_argument(
+        "--output-limit",
+        type=float,
+        default=limits.DEFAULT_OUTPUT_MB,
+        metavar="MB",
+        help=f"largest file or captured output (default {limits.DEFAULT_OUTPUT_MB}; 0: none)",
+    )
+    b.add_argument("--hidden", action="store_true", help="include the tests marked hidden")
+    b.add_argument("--stage", action="append", metavar="NAME", help="only this stage (repeat)")
+    return b
+
+
+def run(args, chapter: Chapter, console) -> int:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    only = tuple(args.stage) if args.stage else None
+    select_stages(chapter, only)
+    submissions = find_submissions(args.submissions, chapter)
+    out = Path(args.out or f"grades-{chapter.name}").resolve()
+    if out.is_relative_to(Path(args.submissions).resolve()):
+        raise UsageError("--out must not be inside the submissions folder")
+    options = Options(
+        jobs=args.jobs,
+        time_limit=args.time_limit,
+        memory_mb=args.memory_limit or None,
+        output_mb=args.output_limit or None,
+        hidden=args.hidden,
+        only=only,
+    )
+    console.print(
+        f"Grading {len(submissions)} submission(s) of {chapter.name}, {args.jobs} at a time",
+        style="bold",
+    )
+
+    def done(g: Graded, count: int, total: int) -> None:
+        flags = sum(len(s.flags) for s in g.result.stages)
+        note = f", {flags} integrity flag(s)" if flags else ""
+        console.print(
+            f"[{count}/{total}] {g.learner}: {g.result.score:g} / {g.result.max_score} "
+            f"({g.result.seconds:.1f} s{note})",
+            markup=False,
+        )
+
+    start = time.monotonic()
+    graded = grade_all(chapter, submissions, options, on_done=done)
+    book = write_outputs(chapter, graded, out, only)
+    console.print(
+        f"Gradebook: {book}  (reports per learner in {out}; {time.monotonic() - start:.1f} s)",
+        markup=False,
+    )
+    return 0
