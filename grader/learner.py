@@ -155,6 +155,25 @@ def tree_file(tree_path: str | Path, rel: str) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def _numbered(console: Console, items: list[tuple[int, str, str]]) -> None:
+    """``  1. text`` lines whose continuation lines stay indented under the text."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(justify="right", width=4)
+    grid.add_column()
+    for number, text, style in items:
+        grid.add_row(Text(f"{number}.", style=style), Text(text, style=style))
+    console.print(grid)
+
+
+def _wrapped_field(console: Console, label: str, value: str | Text) -> None:
+    """A labelled field whose long text wraps under itself, not under the label."""
+    grid = Table.grid()
+    grid.add_column(width=9, style="bold")
+    grid.add_column()
+    grid.add_row("  " + label, value)
+    console.print(grid)
+
+
 def _field(label: str, value: str | Text, style: str = "") -> Text:
     line = Text("  " + label.ljust(7), style="bold")
     line.append_text(value if isinstance(value, Text) else Text(value, style=style))
@@ -235,12 +254,12 @@ def show_status(console: Console, tree: str = "exercises") -> int:
         status.append_text(status_text(str(last.get("status"))))
         if last.get("message"):
             status.append(f": {last['message']}")
-        console.print(_field("Status:", status))
+        _wrapped_field(console, "Status:", status)
     folder = resolve_tree(tree)[1]
     edit = ", ".join(tree_file(folder, f) for f in stage.files)
     console.print(_field("Edit:", edit), soft_wrap=True)
     if stage.hints:
-        console.print(_field("Hint:", stage.hints[0]))
+        _wrapped_field(console, "Hint:", stage.hints[0])
     console.print(_field("Read:", stage.doc))
     console.print(
         _field("Run:", command(chapter.name, stage.name, tree=tree), style="bold"), soft_wrap=True
@@ -297,8 +316,7 @@ def show_hint(
         new = seen + 1
     if new > len(hints):  # every level already seen: recap, and where to go from here
         console.print(Text(f"{name}: all {len(hints)} hint(s)", style="bold"))
-        for number, text in enumerate(hints, 1):
-            console.print(Text(f"  {number}. {text}"))
+        _numbered(console, [(n, text, "") for n, text in enumerate(hints, 1)])
         console.print(
             Text(f"No more hints for {name}. Read {stage.doc}; once the stage passes, ")
             + Text(command("solution", chapter.name, stage.name, tree=tree), style="bold")
@@ -309,9 +327,10 @@ def show_hint(
     state.set_hint_level(chapter.name, stage.name, new)
     state.save()
     console.print(Text(f"{name}: hint {new} of {len(hints)}", style="bold"))
-    for number, text in enumerate(hints[:new], 1):
-        style = "bold" if number == new else "dim"
-        console.print(Text(f"  {number}. {text}", style=style))
+    _numbered(
+        console,
+        [(n, text, "bold" if n == new else "dim") for n, text in enumerate(hints[:new], 1)],
+    )
     if new < len(hints):
         more = command("hint", chapter.name, stage.name, tree=tree)
         console.print(Text(f"A stronger hint: {more}", style="dim"), soft_wrap=True)
