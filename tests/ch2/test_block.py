@@ -1,0 +1,200 @@
+"""Stage 'block': LayerNorm, sinusoidal positions, the feed-forward layer and the encoder and
+decoder blocks, checked against nn.LayerNorm, the closed form of the sinusoid, and
+nn.TransformerEncoderLayer / nn.TransformerDecoderLayer with copied weights (post-LN and pre-LN)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tests.ch2.oracles import (
+    copy_attention,
+    copy_linear,
+    key_padding,
+    randomize_layernorm,
+    submodule,
+)
+from tests.helpers import check, check_close, check_equal, check_shape
+from tests.tree import load
+
+block = load("ch2.block")
+attention = load("ch2.attention")
+
+LN = "ch2/block.py, LayerNorm"
+PE = "ch2/block.py, sinusoidal_positional_encoding"
+FF = "ch2/block.py, FeedForward"
+ENC = "ch2/block.py, EncoderBlock.forward"
+DEC = "ch2/block.py, DecoderBlock.forward"
+
+
+def test_layernorm_matches_torch():
+    """LayerNorm equals nn.LayerNorm (biased variance over the last dimension, then weight and bias)."""
+    ours = block.LayerNorm(16)
+    check_close(ours.weight, torch.ones(16), "LayerNorm.weight at initialisation", LN)
+    check_close(ours.bias, torch.zeros(16), "LayerNorm.bias at initialisation", LN)
+    randomize_layernorm(ours)
+    theirs = nn.LayerNorm(16)
+    with torch.no_grad():
+        theirs.weight.copy_(ours.weight)
+        theirs.bias.copy_(ours.bias)
+    x = 3 * torch.randn(2, 5, 16) + 1
+    check_close(ours(x), theirs(x), "LayerNorm's output", LN + ".forward")
+
+
+def test_layernorm_uses_eps():
+    """LayerNorm(d, eps) adds eps to the variance inside the square root, as nn.LayerNorm does."""
+    x = 1e-2 * torch.randn(4, 8)  # variance ~1e-4, so eps=1e-2 matters a lot
+    expected = nn.LayerNorm(8, eps=1e-2)(x)
+    check_close(block.LayerNorm(8, eps=1e-2)(x), expected, "LayerNorm(8, eps=1e-2)", LN)
+
+
+def test_positional_encoding_closed_form():
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)) and PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
+    max_len, d = 50, 16
+    pe = block.sinusoidal_positional_encoding(max_len, d)
+    check_shape(pe, (max_len, d), f"sinusoidal_positional_encoding({max_len}, {d})", PE)
+    check_equal(pe.dtype, torch.float32, "the positional encoding's dtype", PE)
+    expected = torch.tensor(
+        [
+            [
+                math.sin(pos / 10000 ** (j / d))
+                if j % 2 == 0
+                else math.cos(pos / 10000 ** ((j - 1) / d))
+                for j in range(d)
+            ]
+            for pos in range(max_len)
+        ],
+        dtype=torch.float64,
+    )
+    check_close(pe, expected, "the positional encoding", PE, atol=1e-5, rtol=1e-5)
+
+
+def test_positional_encoding_rejects_odd_d_model():
+    """An odd d_model raises ValueError (sines and cosines come in pairs)."""
+    with pytest.raises(ValueError):
+        block.sinusoidal_positional_encoding(10, 7)
+
+
+def test_feedforward():
+    """FeedForward is linear2(relu(linear1(x))) with linear1: d_model -> d_ff, linear2: d_ff -> d_model."""
+    ff = block.FeedForward(8, 32)
+    linear1, linear2 = submodule(ff, "linear1", FF), submodule(ff, "linear2", FF)
+    check(
+        isinstance(linear1, nn.Linear) and tuple(linear1.weight.shape) == (32, 8),
+        f"FeedForward(8, 32).linear1 should be nn.Linear(8, 32), got {linear1}. Look at {FF}.",
+    )
+    check(
+        isinstance(linear2, nn.Linear) and tuple(linear2.weight.shape) == (8, 32),
+        f"FeedForward(8, 32).linear2 should be nn.Linear(32, 8), got {linear2}. Look at {FF}.",
+    )
+    x = torch.randn(2, 5, 8)
+    expected = linear2(torch.relu(linear1(x)))
+    check_close(ff(x), expected, "FeedForward's output", FF + ".forward")
+
+
+def _encoder_oracle(ours: nn.Module, d_model: int, d_ff: int, norm_first: bool):
+    """nn.TransformerEncoderLayer holding the tree's weights (4 heads, ReLU)."""
+    theirs = nn.TransformerEncoderLayer(
+        d_model,
+        nhead=4,
+        dim_feedforward=d_ff,
+        dropout=0.1,
+        activation="relu",
+        batch_first=True,
+        norm_first=norm_first,
+    )
+    copy_attention(submodule(ours, "self_attn", ENC), theirs.self_attn, ENC)
+    ff = submodule(ours, "ff", ENC)
+    copy_linear(submodule(ff, "linear1", FF), theirs.linear1)
+    copy_linear(submodule(ff, "linear2", FF), theirs.linear2)
+    for name in ("norm1", "norm2"):
+        randomize_layernorm(submodule(ours, name, ENC))
+        copy_linear(getattr(ours, name), getattr(theirs, name))
+    return theirs
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_encoder_block_matches_torch(norm_first):
+    """EncoderBlock equals nn.TransformerEncoderLayer with the same weights, with source padding."""
+    ours = block.EncoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
+    theirs = _encoder_oracle(ours, 16, 32, norm_first)
+    ours.eval()
+    theirs.eval()  # dropout=0.1 in both: eval mode must switch it off
+    x = torch.randn(3, 7, 16)
+    keep = key_padding([7, 5, 2], 7)
+    out = ours(x, keep[:, None, None, :])
+    expected = theirs(x, src_key_padding_mask=~keep)  # PyTorch: True = padding
+    style = "pre-LN: x + sublayer(norm(x))" if norm_first else "post-LN: norm(x + sublayer(x))"
+    check_close(out, expected, f"EncoderBlock(norm_first={norm_first}) ({style})", ENC, atol=1e-5)
+
+
+def _decoder_oracle(ours: nn.Module, d_model: int, d_ff: int, norm_first: bool):
+    """nn.TransformerDecoderLayer holding the tree's weights (4 heads, ReLU)."""
+    theirs = nn.TransformerDecoderLayer(
+        d_model,
+        nhead=4,
+        dim_feedforward=d_ff,
+        dropout=0.1,
+        activation="relu",
+        batch_first=True,
+        norm_first=norm_first,
+    )
+    copy_attention(submodule(ours, "self_attn", DEC), theirs.self_attn, DEC)
+    copy_attention(submodule(ours, "cross_attn", DEC), theirs.multihead_attn, DEC)
+    ff = submodule(ours, "ff", DEC)
+    copy_linear(submodule(ff, "linear1", FF), theirs.linear1)
+    copy_linear(submodule(ff, "linear2", FF), theirs.linear2)
+    for name in ("norm1", "norm2", "norm3"):
+        randomize_layernorm(submodule(ours, name, DEC))
+        copy_linear(getattr(ours, name), getattr(theirs, name))
+    return theirs
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_decoder_block_matches_torch(norm_first):
+    """DecoderBlock equals nn.TransformerDecoderLayer with the same weights, causal and padding masks."""
+    ours = block.DecoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
+    theirs = _decoder_oracle(ours, 16, 32, norm_first)
+    ours.eval()
+    theirs.eval()  # dropout=0.1 in both: eval mode must switch it off
+    x, memory = torch.randn(3, 6, 16), torch.randn(3, 7, 16)
+    tgt_keep, src_keep = key_padding([6, 4, 3], 6), key_padding([7, 2, 5], 7)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    out = ours(
+        x,
+        memory,
+        tgt_mask=causal & tgt_keep[:, None, None, :],
+        memory_mask=src_keep[:, None, None, :],
+    )
+    expected = theirs(  # PyTorch's boolean masks: True = NOT allowed
+        x,
+        memory,
+        tgt_mask=~causal,
+        tgt_key_padding_mask=~tgt_keep,
+        memory_key_padding_mask=~src_keep,
+    )
+    style = "pre-LN: x + sublayer(norm(x))" if norm_first else "post-LN: norm(x + sublayer(x))"
+    check_close(
+        out,
+        expected,
+        f"DecoderBlock(norm_first={norm_first}) ({style}; self-attention, then cross-attention "
+        "to memory, then feed-forward)",
+        DEC,
+        atol=1e-5,
+    )
+
+
+def test_decoder_block_is_causal():
+    """With a causal tgt_mask, the decoder block's output at t ignores target inputs after t."""
+    dec = block.DecoderBlock(16, 4, 32).eval()
+    x, memory = torch.randn(2, 6, 16), torch.randn(2, 4, 16)
+    changed = x.clone()
+    changed[:, 3:] = torch.randn(2, 3, 16)
+    mask = attention.causal_mask(6)
+    out, out_changed = dec(x, memory, tgt_mask=mask), dec(changed, memory, tgt_mask=mask)
+    check_close(
+        out_changed[:, :3], out[:, :3], "positions 0..2 after changing targets at 3..5", DEC
+    )
