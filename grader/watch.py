@@ -110,7 +110,7 @@ class PollingWatcher:
         pass
 
 
-class WatchdogWatcher:  # pragma: no cover - watchdog is optional and not installed in CI
+class WatchdogWatcher:
     """File events from ``watchdog`` (inotify, FSEvents, ...), used when it is importable."""
 
     def __init__(self, root: Path, settle: float = 0.1) -> None:

@@ -226,3 +226,53 @@ def test_watch_for_real_reruns_on_save_moves_on_and_stops_on_ctrl_c(tree):
     assert "fix: passed" in out and "later: not started" in out
     state = Progress.load(str(tree))
     assert (state.status("ch9", "fix"), state.status("ch9", "later")) == ("passed", "not started")
+
+
+def test_watchdog_events_are_used_when_watchdog_is_importable(tree, monkeypatch):
+    """With a stand-in for watchdog: its events (minus caches and editor files) end a wait."""
+    import types
+
+    observers: list = []
+
+    class Handler:
+        pass
+
+    class Observer:
+        def schedule(self, handler, path, recursive):
+            self.handler, self.path = handler, path
+            observers.append(self)
+
+        def start(self):
+            self.started = True
+
+        def stop(self):
+            self.stopped = True
+
+        def join(self, timeout=None):
+            pass
+
+    def module(name, **attrs):
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    module("watchdog")
+    module("watchdog.events", FileSystemEventHandler=Handler)
+    module("watchdog.observers", Observer=Observer)
+    watcher = watch.make_watcher(tree)
+    assert isinstance(watcher, watch.WatchdogWatcher)
+    (observer,) = observers
+    assert observer.started and observer.path == str(tree)
+
+    def event(path, directory=False):
+        return types.SimpleNamespace(is_directory=directory, src_path=str(tree / path))
+
+    for path in ("ch9/__pycache__/mod.pyc", "ch9/.mod.py.swp", "ch9/mod.py~", "../outside.py"):
+        observer.handler.on_any_event(event(path))
+    observer.handler.on_any_event(event("ch9", directory=True))
+    assert not watcher.event.is_set()
+    observer.handler.on_any_event(event("ch9/mod.py"))
+    observer.handler.on_any_event(event("ch9/mod.py"))
+    assert watcher.wait() == ["ch9/mod.py"]
+    watcher.close()
+    assert observer.stopped
