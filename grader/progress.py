@@ -34,7 +34,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _nested(value: Any, keep: Callable[[Any], bool]) -> dict[str, dict[str, Any]]:
+    """``{chapter: {stage: item}}`` from ``value``, without whatever has another shape."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(chapter): {str(k): v for k, v in items.items() if keep(v)}
+        for chapter, items in value.items()
+        if isinstance(items, dict)
+    }
+
+
 @dataclass
 class Progress:
     """The saved state of one tree. Load with :meth:`load`, change, then :meth:`save`."""
@@ -105,9 +116,13 @@ class Progress:
             data = {}  # never run, or a file the learner broke: start afresh
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             data = {}
-        stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
-        hints = data.get("hints") if isinstance(data.get("hints"), dict) else {}
-        return cls(os.fspath(tree), str(folder), path, stages, hints)
+        return cls(
+            os.fspath(tree),
+            str(folder),
+            path,
+            _nested(data.get("stages"), lambda v: isinstance(v, dict)),
+            _nested(data.get("hints"), lambda v: isinstance(v, int) and not isinstance(v, bool)),
+        )
 
     def save(self) -> Path:
         data = {
