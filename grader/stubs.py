@@ -31,6 +31,7 @@ EXERCISES = REPO_ROOT / "exercises"
 BEGIN = "# BEGIN SOLUTION"
 END = "# END SOLUTION"
 STUB = "# STUB"
+LINE_LENGTH = 100  # [tool.ruff] line-length in pyproject.toml
 _DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+(\w+)")
 
 
@@ -60,6 +61,14 @@ def _message(rel: str, owner: str) -> str:
     return (
         f"{chapter} stage '{stage.name}' not started: implement {owner} in {rel} (read {stage.doc})"
     )
+
+
+def _raise_line(indent: str, message: str) -> str:
+    """The stub's raise, laid out as ``ruff format`` would (the stubs must pass its check)."""
+    one_line = f"{indent}raise NotImplementedError({message!r})\n"
+    if len(one_line) - 1 <= LINE_LENGTH:
+        return one_line
+    return f"{indent}raise NotImplementedError(\n{indent}    {message!r}\n{indent})\n"
 
 
 def make_stub(source: str, rel: str) -> str:
@@ -97,13 +106,20 @@ def make_stub(source: str, rel: str) -> str:
             raise MarkerError(f"{rel}:{start + 1}: {BEGIN!r} without {END!r}")
         i += 1  # skip END
         if not indent:
-            continue  # module-level region: reference-only code, dropped
+            # Module-level region: reference-only code, dropped. Keep at most the two blank
+            # lines that separate top-level definitions where the region used to be.
+            blank_before = 0
+            while blank_before < len(out) and not out[-1 - blank_before].strip():
+                blank_before += 1
+            while i < len(lines) and not lines[i].strip() and blank_before >= 2:
+                i += 1
+            continue
         if stub_lines is not None:
             out.extend(stub_lines)
             continue
         owner = _owner(lines, start, len(indent))
         out.append(f"{indent}# TODO: write this part yourself.\n")
-        out.append(f"{indent}raise NotImplementedError({_message(rel, owner)!r})\n")
+        out.append(_raise_line(indent, _message(rel, owner)))
     return "".join(out)
 
 

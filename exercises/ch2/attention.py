@@ -41,7 +41,9 @@ def scaled_dot_product_attention(
         TypeError: if ``mask`` is not a boolean tensor.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch2 stage 'attention' not started: implement scaled_dot_product_attention in ch2/attention.py (read docs/chapter02/2_2_attention.md)")
+    raise NotImplementedError(
+        "ch2 stage 'attention' not started: implement scaled_dot_product_attention in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+    )
 
 
 def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -51,7 +53,9 @@ def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Te
         ``torch.bool`` tensor of shape (size, size), ``True`` on and below the diagonal.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch2 stage 'attention' not started: implement causal_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md)")
+    raise NotImplementedError(
+        "ch2 stage 'attention' not started: implement causal_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+    )
 
 
 def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -66,7 +70,9 @@ def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
         broadcasts over heads and queries against scores of shape (B, n_heads, T_q, S).
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch2 stage 'attention' not started: implement padding_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md)")
+    raise NotImplementedError(
+        "ch2 stage 'attention' not started: implement padding_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+    )
 
 
 class MultiHeadAttention(nn.Module):
@@ -83,7 +89,9 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'attention' not started: implement MultiHeadAttention.__init__ in ch2/attention.py (read docs/chapter02/2_2_attention.md)")
+        raise NotImplementedError(
+            "ch2 stage 'attention' not started: implement MultiHeadAttention.__init__ in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+        )
 
     def forward(
         self,
@@ -107,4 +115,6 @@ class MultiHeadAttention(nn.Module):
             keys are all masked gets zero weights (its output is ``out_proj``'s bias), never NaN.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'attention' not started: implement MultiHeadAttention.forward in ch2/attention.py (read docs/chapter02/2_2_attention.md)")
+        raise NotImplementedError(
+            "ch2 stage 'attention' not started: implement MultiHeadAttention.forward in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+        )

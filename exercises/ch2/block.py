@@ -27,12 +27,16 @@ class LayerNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement LayerNorm.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement LayerNorm.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape (..., d_model); returns the same shape."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement LayerNorm.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement LayerNorm.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
 
 def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
@@ -48,7 +52,9 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
         ValueError: if ``d_model`` is odd (sines and cosines come in pairs).
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch2 stage 'block' not started: implement sinusoidal_positional_encoding in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+    raise NotImplementedError(
+        "ch2 stage 'block' not started: implement sinusoidal_positional_encoding in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+    )
 
 
 class FeedForward(nn.Module):
@@ -60,12 +66,16 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement FeedForward.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement FeedForward.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_model) -> (..., d_model), the same small MLP at every position."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement FeedForward.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement FeedForward.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
 
 class EncoderBlock(nn.Module):
@@ -86,7 +96,9 @@ class EncoderBlock(nn.Module):
     ):
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement EncoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement EncoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode ``x`` of shape (B, S, d_model); returns (B, S, d_model).
@@ -95,7 +107,9 @@ class EncoderBlock(nn.Module):
         attend; usually the source padding mask of shape (B, 1, 1, S).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement EncoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement EncoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
 
 class DecoderBlock(nn.Module):
@@ -116,7 +130,9 @@ class DecoderBlock(nn.Module):
     ):
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement DecoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement DecoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )
 
     def forward(
         self,
@@ -139,4 +155,6 @@ class DecoderBlock(nn.Module):
             (B, T, d_model).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'block' not started: implement DecoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)")
+        raise NotImplementedError(
+            "ch2 stage 'block' not started: implement DecoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        )

@@ -46,7 +46,9 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.__init__ in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.__init__ in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     def embed(self, ids: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
         """``dropout(embedding(ids) * sqrt(d_model) + pos_encoding[:T])`` for ids of shape (B, T).
@@ -58,7 +60,9 @@ class Transformer(nn.Module):
             ValueError: if T is longer than ``max_len`` (there is no position for it).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.embed in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.embed in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     def encode(self, src: torch.Tensor) -> torch.Tensor:
         """Run the encoder on ``src`` (B, S) ids; padding (``pad_id``) is masked out as keys.
@@ -67,7 +71,9 @@ class Transformer(nn.Module):
             ``memory``, float tensor of shape (B, S, d_model).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.encode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.encode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     def decode(
         self,
@@ -85,7 +91,9 @@ class Transformer(nn.Module):
             logits over the target vocabulary for the next token, shape (B, T, tgt_vocab_size).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.decode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.decode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits for every target position at once.
@@ -101,7 +109,9 @@ class Transformer(nn.Module):
             ValueError: if S or T is longer than ``max_len``.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.forward in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.forward in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     @torch.no_grad()
     def greedy_decode(
@@ -125,7 +135,9 @@ class Transformer(nn.Module):
             ValueError: if ``max_len`` is larger than the model's ``max_len``.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.greedy_decode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.greedy_decode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     @torch.no_grad()
     def beam_search(
@@ -156,7 +168,9 @@ class Transformer(nn.Module):
             ValueError: if ``beam_size < 1`` or ``max_len`` is larger than the model's.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer.beam_search in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer.beam_search in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )
 
     def _beam_search_one(
         self,
@@ -170,4 +184,6 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Beam search for one sentence: ``memory`` (1, S, d_model) -> the best ids (L,)."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch2 stage 'transformer' not started: implement Transformer._beam_search_one in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)")
+        raise NotImplementedError(
+            "ch2 stage 'transformer' not started: implement Transformer._beam_search_one in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+        )

@@ -72,16 +72,22 @@ class TokenWindowDataset(Dataset):
 
     def __len__(self) -> int:
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'data' not started: implement TokenWindowDataset.__len__ in ch3/data.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'data' not started: implement TokenWindowDataset.__len__ in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        )
 
     def positions(self, i: int) -> range:
         """The token positions (plus ``offset``) that window ``i`` reads, ``x`` and ``y`` together."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'data' not started: implement TokenWindowDataset.positions in ch3/data.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'data' not started: implement TokenWindowDataset.positions in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        )
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'data' not started: implement TokenWindowDataset.__getitem__ in ch3/data.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'data' not started: implement TokenWindowDataset.__getitem__ in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        )
 
 
 class WindowSampler(Sampler[int]):
@@ -119,7 +125,9 @@ class WindowSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'data' not started: implement WindowSampler.__iter__ in ch3/data.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'data' not started: implement WindowSampler.__iter__ in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        )
 
 
 def split_tokens(n_tokens: int, train_split: float) -> int:
@@ -131,7 +139,9 @@ def split_tokens(n_tokens: int, train_split: float) -> int:
     if not 0.0 < train_split < 1.0:
         raise ValueError(f"train_split must be strictly between 0 and 1, got {train_split}")
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'data' not started: implement split_tokens in ch3/data.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'data' not started: implement split_tokens in ch3/data.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def _loaders(
@@ -176,7 +186,9 @@ def create_dataloaders(
             region has fewer windows than ``batch_size``, or ``train_split`` is not in ``(0, 1)``.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'data' not started: implement create_dataloaders in ch3/data.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'data' not started: implement create_dataloaders in ch3/data.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def prepare(texts: str | Iterable[str], tokenizer: Encoder, path: str | Path) -> int:
@@ -191,7 +203,9 @@ def prepare(texts: str | Iterable[str], tokenizer: Encoder, path: str | Path) ->
         ValueError: if ``tokenizer.vocab_size`` > 65,536, so that ids do not fit in ``uint16``.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'data' not started: implement prepare in ch3/data.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'data' not started: implement prepare in ch3/data.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def memmap_dataloaders(
@@ -214,4 +228,6 @@ def memmap_dataloaders(
         FileNotFoundError: if ``path`` does not exist; ValueError as :func:`create_dataloaders`.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'data' not started: implement memmap_dataloaders in ch3/data.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'data' not started: implement memmap_dataloaders in ch3/data.py (read docs/chapter03/3_3_training.md)"
+    )

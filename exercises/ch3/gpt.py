@@ -74,7 +74,9 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (..., ndim) -> same shape."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement LayerNorm.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement LayerNorm.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,12 +94,16 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement CausalSelfAttention.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement CausalSelfAttention.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement CausalSelfAttention.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement CausalSelfAttention.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
 
 class MLP(nn.Module):
@@ -106,12 +112,16 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement MLP.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement MLP.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement MLP.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement MLP.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
 
 class Block(nn.Module):
@@ -120,12 +130,16 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement Block.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement Block.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement Block.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement Block.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
 
 class GPT(nn.Module):
@@ -145,13 +159,17 @@ class GPT(nn.Module):
             raise TypeError("pass either a GPTConfig or keyword arguments, not both")
         self.config = config
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement GPT.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement GPT.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         """GPT-2's initialisation for one module (the residual projections are rescaled after)."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement GPT._init_weights in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement GPT._init_weights in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Number of parameters, the tied wte/lm_head matrix counted once.
@@ -160,7 +178,9 @@ class GPT(nn.Module):
         stays: it is also the output layer).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement GPT.num_parameters in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement GPT.num_parameters in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -189,7 +209,9 @@ class GPT(nn.Module):
                 "crop the context to the last block_size tokens"
             )
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'gpt' not started: implement GPT.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)")
+        raise NotImplementedError(
+            "ch3 stage 'gpt' not started: implement GPT.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+        )
 
     @classmethod
     def from_hf_state_dict(

@@ -22,7 +22,9 @@ from torch import nn
 def _check_arguments(idx, max_new_tokens, temperature, top_k, top_p) -> None:
     """Raise ValueError naming the first argument of :func:`generate` that is out of range."""
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'sampling' not started: implement _check_arguments in ch3/sampling.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'sampling' not started: implement _check_arguments in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def filter_logits(
@@ -37,7 +39,9 @@ def filter_logits(
     always kept. Returns a new tensor; ``logits`` is not modified.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'sampling' not started: implement filter_logits in ch3/sampling.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'sampling' not started: implement filter_logits in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def _block_size(model: nn.Module) -> int:
@@ -93,6 +97,8 @@ def generate(
     idx = idx.long()
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'sampling' not started: implement generate in ch3/sampling.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'sampling' not started: implement generate in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+    )
     model.train(was_training)
     return idx

@@ -58,7 +58,9 @@ class SimpleTokenizer:
         if not text:
             raise ValueError("SimpleTokenizer needs a non-empty text to build its vocabulary")
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'tokenizer' not started: implement SimpleTokenizer.__init__ in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
+        raise NotImplementedError(
+            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.__init__ in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -73,7 +75,9 @@ class SimpleTokenizer:
                 character must never turn silently into some other id).
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'tokenizer' not started: implement SimpleTokenizer.encode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
+        raise NotImplementedError(
+            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.encode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text whose characters have these ids: ``decode(encode(s)) == s``.
@@ -82,7 +86,9 @@ class SimpleTokenizer:
             ValueError: for an id outside ``range(vocab_size)``.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'tokenizer' not started: implement SimpleTokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
+        raise NotImplementedError(
+            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description, ``{"type": "char", "chars": [...]}`` (chars in id order)."""
@@ -105,7 +111,9 @@ def merge_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     Occurrences never overlap: ``merge_ids([5, 5, 5], (5, 5), 9) == [9, 5]``.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'tokenizer' not started: implement merge_ids in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
+    raise NotImplementedError(
+        "ch3 stage 'tokenizer' not started: implement merge_ids in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+    )
 
 
 def learn_merges(
@@ -129,9 +137,9 @@ def learn_merges(
         ``{(a, b): new_id}`` in the order the merges were learned (their rank).
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
-
-
+    raise NotImplementedError(
+        "ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -278,7 +286,9 @@ class BPETokenizer:
         """
         ids = [self.byte_ids[b] for b in chunk]
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'tokenizer' not started: implement BPETokenizer._encode_chunk in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
+        raise NotImplementedError(
+            "ch3 stage 'tokenizer' not started: implement BPETokenizer._encode_chunk in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        )
         return ids
 
     def encode(self, text: str) -> list[int]:
@@ -309,7 +319,9 @@ class BPETokenizer:
             ValueError: for an id that is not in the vocabulary.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'tokenizer' not started: implement BPETokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)")
+        raise NotImplementedError(
+            "ch3 stage 'tokenizer' not started: implement BPETokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        )
 
     # -- saving and loading ---------------------------------------------------------------------
 

@@ -41,7 +41,9 @@ class CheckpointError(ValueError):
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else the best one present: cuda, then mps, then cpu."""
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'trainer' not started: implement pick_device in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'trainer' not started: implement pick_device in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def pick_dtype(device: torch.device, precision: str | None = None) -> torch.dtype:
@@ -67,7 +69,9 @@ def configure_optimizer(
     are where the capacity (and the overfitting) is. A tied parameter is listed once.
     """
     # TODO: write this part yourself.
-    raise NotImplementedError("ch3 stage 'trainer' not started: implement configure_optimizer in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+    raise NotImplementedError(
+        "ch3 stage 'trainer' not started: implement configure_optimizer in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+    )
 
 
 def _config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -212,7 +216,9 @@ class GPTTrainer:
         - ``step > max_steps``: ``min_lr``.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'trainer' not started: implement GPTTrainer.get_lr in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'trainer' not started: implement GPTTrainer.get_lr in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        )
 
     # --------------------------------------------------------------------------------- data
 
@@ -224,7 +230,9 @@ class GPTTrainer:
         used are skipped.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'trainer' not started: implement GPTTrainer.next_batch in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'trainer' not started: implement GPTTrainer.next_batch in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        )
 
     # ----------------------------------------------------------------------------- one step
 
@@ -241,7 +249,9 @@ class GPTTrainer:
         the mean of the micro-batch losses, and ``grad_norm`` the global norm before clipping.
         """
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'trainer' not started: implement GPTTrainer.train_step in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'trainer' not started: implement GPTTrainer.train_step in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -249,7 +259,9 @@ class GPTTrainer:
         every time, so two evaluations compare), in eval mode without gradients; the model's
         train/eval mode is restored afterwards."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'trainer' not started: implement GPTTrainer.evaluate in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'trainer' not started: implement GPTTrainer.evaluate in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        )
 
     # --------------------------------------------------------------------------------- loop
 
@@ -342,11 +354,15 @@ class GPTTrainer:
         ``os.replace``, so a crash mid-write never leaves a half-written checkpoint behind.
         Returns the file written."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'trainer' not started: implement GPTTrainer.save_checkpoint in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'trainer' not started: implement GPTTrainer.save_checkpoint in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        )
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer, so that
         :meth:`train` continues exactly where the saved run was (same hyperparameters and
         loaders assumed). Errors as :func:`load_checkpoint`."""
         # TODO: write this part yourself.
-        raise NotImplementedError("ch3 stage 'trainer' not started: implement GPTTrainer.load_checkpoint in ch3/trainer.py (read docs/chapter03/3_3_training.md)")
+        raise NotImplementedError(
+            "ch3 stage 'trainer' not started: implement GPTTrainer.load_checkpoint in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        )
