@@ -21,7 +21,6 @@ Python call per ``import`` statement and per audit event, and a few dictionary s
 from __future__ import annotations
 
 import builtins
-import importlib
 import json
 import os
 import sys
@@ -47,6 +46,7 @@ WATCHED = (
     "tests.tree",
     "grader.plugin",
 )
+_WATCHED_SET = frozenset(WATCHED)
 WATCHED_CLASSES = (
     ("_pytest.reports", "TestReport"),
     ("_pytest.runner", "CallInfo"),
@@ -116,7 +116,10 @@ class Guard:
         def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
             if level == 0 and name.partition(".")[0] in BLOCKED_IMPORTS and guard._active:
                 guard.check_import(name, sys._getframe(1))
-            return real_import(name, globals, locals, fromlist, level)
+            module = real_import(name, globals, locals, fromlist, level)
+            if name in _WATCHED_SET and name not in guard._snapshot:
+                guard.take_snapshot((name,))
+            return module
 
         builtins.__import__ = guarded_import
         sys.meta_path.insert(0, _Finder(self))
@@ -164,19 +167,20 @@ class Guard:
             k: id(v) for k, v in list(vars(obj).items()) if callable(v) or isinstance(v, ModuleType)
         }
 
-    def take_snapshot(self) -> None:
-        for name in WATCHED:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
+    def take_snapshot(self, names=WATCHED) -> None:
+        """Remember the functions and classes of the watched modules imported so far (the
+        others are remembered when first imported, before any test module uses them)."""
+        for name in names:
+            module = sys.modules.get(name)
+            if module is None:
                 continue
             self._modules[name] = module
             self._snapshot[name] = self._callables(module)
-        for module_name, cls_name in WATCHED_CLASSES:
-            cls = getattr(self._modules.get(module_name), cls_name, None)
-            if cls is not None:
-                self._snapshot[f"{module_name}.{cls_name}"] = self._callables(cls)
-                self._modules[f"{module_name}.{cls_name}"] = cls
+            for module_name, cls_name in WATCHED_CLASSES:
+                cls = getattr(module, cls_name, None) if module_name == name else None
+                if cls is not None:
+                    self._snapshot[f"{name}.{cls_name}"] = self._callables(cls)
+                    self._modules[f"{name}.{cls_name}"] = cls
 
     def check_patches(self) -> None:
         for name, before in self._snapshot.items():
