@@ -1,0 +1,214 @@
+"""The chapter's command line: train a GPT on a text, then sample from it.
+
+    python -m solutions.ch3 train [--text FILE] [--tokenizer char|bpe] [--config small] [--out DIR]
+    python -m solutions.ch3 sample --checkpoint DIR --prompt "the cat"
+
+``exercises.ch3`` in place of ``solutions.ch3`` runs the same commands on your own code. Without
+``--text`` the built-in corpus (:mod:`.corpus`) is used. ``sample`` also takes a Hugging Face GPT-2
+folder (``model.safetensors``, ``vocab.json``, ``merges.txt``) that you downloaded yourself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import corpus
+
+# n_layer, n_head, n_embd, block_size. "small" is the book's small configuration (and nanoGPT's
+# CPU Shakespeare one): about 0.8M parameters plus 128 per vocabulary entry, not "~0.5M".
+CONFIGS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
+    "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
+    "medium": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},
+}
+HF_FILES = ("model.safetensors", "vocab.json", "merges.txt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a GPT on a text file (or the built-in corpus)")
+    train.add_argument("--text", type=Path, help="UTF-8 text file (default: the built-in corpus)")
+    train.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
+    train.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
+    train.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    train.add_argument("--block-size", type=int, help="override the config's context length")
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--out", type=Path, default=Path("out/ch3"), help="checkpoint folder")
+    train.add_argument("--max-steps", type=int, default=1000)
+    train.add_argument("--warmup-steps", type=int, help="default: max_steps // 10")
+    train.add_argument("--batch-size", type=int, default=12)
+    train.add_argument("--grad-accum-steps", type=int, default=1)
+    train.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
+    train.add_argument("--eval-interval", type=int, default=200)
+    train.add_argument("--device", help="cuda, mps or cpu (default: the best present)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sample = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 folder")
+    sample.add_argument("--checkpoint", type=Path, required=True, help="folder or .pt file")
+    sample.add_argument("--prompt", default="\n")
+    sample.add_argument("--max-new-tokens", type=int, default=200)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int)
+    sample.add_argument("--top-p", type=float)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device")
+    return parser
+
+
+def make_tokenizer(kind: str, text: str, vocab_size: int = 512):
+    """A character-level or a byte-level BPE tokenizer trained on ``text``."""
+    from .tokenizer import BPETokenizer, SimpleTokenizer
+
+    if kind == "char":
+        return SimpleTokenizer(text)
+    return BPETokenizer().train(text, vocab_size=vocab_size)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a GPTTrainer checkpoint or a Hugging Face GPT-2 folder.
+
+    The model is in eval mode on ``device``. Raises FileNotFoundError when ``path`` holds
+    neither, and ``CheckpointError`` for an unreadable checkpoint.
+    """
+    from .gpt import GPT, GPTConfig
+    from .tokenizer import load_gpt2_files, tokenizer_from_dict
+    from .trainer import CheckpointError, load_checkpoint
+
+    path = Path(path)
+    if path.is_dir() and all((path / name).is_file() for name in HF_FILES):
+        from .safetensors_io import load_file
+
+        model = GPT.from_hf_state_dict(load_file(path / "model.safetensors"))
+        tokenizer = load_gpt2_files(path / "vocab.json", path / "merges.txt")
+    else:
+        ckpt = load_checkpoint(path)
+        if ckpt["config"] is None or ckpt["tokenizer"] is None:
+            raise CheckpointError(f"{path} has no model config or no tokenizer to sample with")
+        model = GPT(GPTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        tokenizer = tokenizer_from_dict(json.loads(ckpt["tokenizer"]))
+    return model.to(device).eval(), tokenizer
+
+
+def sample_text(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> str:
+    """The text generated after ``prompt`` (the prompt itself left out), reproducible by seed."""
+    from .sampling import generate
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = generate(
+        model,
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+    )
+    return tokenizer.decode(out[0, idx.size(1) :].tolist())
+
+
+def train(args: argparse.Namespace) -> int:
+    from .data import create_dataloaders
+    from .gpt import GPT, GPTConfig
+    from .trainer import GPTTrainer, pick_device
+
+    if args.text is None:
+        text, source = corpus.generate_corpus(), "the built-in corpus"
+    else:
+        text, source = args.text.read_text(encoding="utf-8"), str(args.text)
+    tokenizer = make_tokenizer(args.tokenizer, text, args.vocab_size)
+    shape = dict(CONFIGS[args.config])
+    if args.block_size:
+        shape["block_size"] = args.block_size
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, dropout=args.dropout, **shape)
+    train_loader, val_loader = create_dataloaders(
+        text, tokenizer, block_size=config.block_size, batch_size=args.batch_size, seed=args.seed
+    )
+    torch.manual_seed(args.seed)
+    model = GPT(config)
+    device = pick_device(args.device)
+    print(
+        f"training a {model.num_parameters():,}-parameter GPT ({args.config}) on {source}: "
+        f"{len(text):,} characters, {args.tokenizer} tokenizer of {tokenizer.vocab_size} tokens, "
+        f"on {device}"
+    )
+    trainer = GPTTrainer(
+        model,
+        train_loader,
+        val_loader,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps,
+        max_steps=args.max_steps,
+        grad_accum_steps=args.grad_accum_steps,
+        eval_interval=args.eval_interval,
+        device=device,
+        checkpoint_path=args.out,
+        checkpoint_interval=args.eval_interval,
+        tokenizer=tokenizer,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
+    if args.resume:
+        trainer.load_checkpoint(args.out)
+        print(f"resumed from {args.out} at step {trainer.step}")
+    history = trainer.train()
+    if history["val"]:
+        print(f"step {trainer.step}: validation loss {history['val'][-1]['loss']:.4f}")
+    print(f"checkpoint: {args.out / 'checkpoint.pt'}")
+    prompt = text[: min(16, len(text))]
+    print("sample:", prompt + sample_text(trainer.model, tokenizer, prompt, 200, seed=args.seed))
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    from .trainer import pick_device
+
+    model, tokenizer = load_trained(args.checkpoint, pick_device(args.device))
+    text = sample_text(
+        model,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+    )
+    print(args.prompt + text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args) if args.command == "train" else sample(args)
+    except NotImplementedError as e:  # an exercise stub: say which stage, not a traceback
+        print(e, file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:  # bad paths, checkpoints, arguments
+        print(f"error: {e}", file=sys.stderr)
+        return 1
