@@ -43,17 +43,22 @@ def test_sdpa_mask_matches_torch():
     """With a boolean mask (True = may attend), masked keys get weight 0 and the output matches torch."""
     q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
     mask = torch.rand(2, 1, 5, 7) < 0.6
-    mask[..., 0] = True  # every query keeps at least one key
+    mask[..., 0], mask[..., 1] = True, False  # every query keeps some keys and loses some
     out, weights = _sdpa(q, k, v, mask)
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    check_close(out, expected, "the masked attention output", SDPA)
     masked = weights.masked_select(~mask.expand_as(weights))
     check(
         bool((masked == 0).all()),
         f"keys where the mask is False should get weight exactly 0, but some got up to "
         f"{float(masked.abs().max()):.3g} (True means 'may attend'). Look at {SDPA}.",
     )
-    check_close(weights.sum(-1), torch.ones(2, 3, 5), "each query's weights summed over keys", SDPA)
+    check_close(
+        weights.sum(-1),
+        torch.ones(2, 3, 5),
+        "each query's weights summed over the keys it may attend to (mask True = may attend)",
+        SDPA,
+    )
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    check_close(out, expected, "the masked attention output", SDPA)
 
 
 def test_sdpa_fully_masked_query_gives_zeros():
