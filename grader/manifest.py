@@ -156,6 +156,9 @@ CH3 = Chapter(
                 "Split the token stream first, then cut windows inside each split: a window that "
                 "crosses the split point leaks validation tokens into training.",
                 "Each sample is (x, y) with y = x shifted by one token.",
+                "The training order must depend only on (seed, epoch): WindowSampler.__iter__ "
+                "seeds a fresh torch.Generator from both every epoch, so a resumed run sees the "
+                "same batches.",
             ),
         ),
         Stage(
@@ -171,6 +174,9 @@ CH3 = Chapter(
                 "schedule that is computed but never written to the optimizer does nothing.",
                 "Accumulation: divide each micro-batch loss by the number of micro-batches before "
                 "backward, and step once.",
+                "Exact resume: the checkpoint needs the model, the optimizer, the step, "
+                "torch.get_rng_state() and where the data was (epoch, batch_in_epoch); write it to "
+                "a temporary file and os.replace it onto the real name.",
             ),
             time_limit=300.0,
         ),
@@ -185,6 +191,7 @@ CH3 = Chapter(
                 "divide by the temperature, sample, append, repeat.",
                 "top-k: keep the k largest logits and set the rest to -inf. top-p: sort the "
                 "probabilities, keep the smallest prefix whose sum reaches p (always at least one).",
+                "temperature == 0 is greedy: take the argmax and never divide by the temperature.",
             ),
         ),
         Stage(
@@ -202,6 +209,9 @@ CH3 = Chapter(
             hints=(
                 "Every earlier stage passes but the loss stays high? Check the learning-rate "
                 "schedule reaches the optimizer and that the LM head is tied to the embedding.",
+                "The stage trains 600 steps of a 2-layer GPT on the built-in corpus (about 10 s for "
+                "the reference on 2 idle cores): if yours is much slower, look for Python loops "
+                "over the batch or the sequence in attention.",
             ),
             points=20,
             test_timeout=280.0,
