@@ -39,7 +39,8 @@ def save(stage: str, data: dict[str, Any]) -> Path | None:
     """Write ``data`` as ``<stage>.json`` into ``$GRADER_ARTIFACTS`` (for stage tests).
 
     Returns the file written, or None when the grader did not ask for artifacts. Never raises for
-    a folder that cannot be written: an artifact is a bonus, never a reason for a test to fail.
+    a folder that cannot be written or data that is not JSON (None then): an artifact is a bonus,
+    never a reason for a test to fail.
     """
     folder = os.environ.get(ARTIFACTS_ENV)
     if not folder:
@@ -48,9 +49,10 @@ def save(stage: str, data: dict[str, Any]) -> Path | None:
         raise ValueError(f"artifact stage name {stage!r} must be a plain file name")
     target = Path(folder) / f"{stage}.json"
     try:
+        text = json.dumps(data, default=float)  # tensors and numpy scalars become numbers
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(data, default=float) + "\n", encoding="utf-8")
-    except OSError:
+        target.write_text(text + "\n", encoding="utf-8")
+    except (OSError, TypeError, ValueError):  # a folder gone, a value that is not a number
         return None
     return target
 

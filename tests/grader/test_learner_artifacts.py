@@ -78,6 +78,7 @@ def test_save_is_a_no_op_without_the_grader_and_writes_json_with_it(tmp_path, mo
     path = artifacts.save("e2e", {"losses": [1, 2.5]})
     assert path == tmp_path / "art" / "e2e.json"
     assert json.loads(path.read_text()) == {"losses": [1, 2.5]}
+    assert artifacts.save("e2e", {"sample": object()}) is None  # not JSON: skipped, no error
     with pytest.raises(ValueError, match="plain file name"):
         artifacts.save("../escape", {})
 
