@@ -28,6 +28,11 @@ class Transformer(nn.Module):
     ``pos_encoding`` (``sinusoidal_positional_encoding(max_len, d_model)``, not saved in the
     state dict). Input to either stack: ``dropout(embed(ids) * sqrt(d_model) + pos_encoding[:T])``.
 
+    Initialisation: the weights of ``src_embed`` and ``tgt_embed`` are drawn from
+    N(0, 1 / d_model), so that after the sqrt(d_model) scaling they have unit variance, like the
+    positional encoding (``nn.Embedding``'s default N(0, 1) would give variance d_model and drown
+    the positions). Every other layer keeps PyTorch's default initialisation.
+
     Raises:
         ValueError: if ``d_model`` is not divisible by ``n_heads``.
     """

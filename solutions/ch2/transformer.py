@@ -28,6 +28,11 @@ class Transformer(nn.Module):
     ``pos_encoding`` (``sinusoidal_positional_encoding(max_len, d_model)``, not saved in the
     state dict). Input to either stack: ``dropout(embed(ids) * sqrt(d_model) + pos_encoding[:T])``.
 
+    Initialisation: the weights of ``src_embed`` and ``tgt_embed`` are drawn from
+    N(0, 1 / d_model), so that after the sqrt(d_model) scaling they have unit variance, like the
+    positional encoding (``nn.Embedding``'s default N(0, 1) would give variance d_model and drown
+    the positions). Every other layer keeps PyTorch's default initialisation.
+
     Raises:
         ValueError: if ``d_model`` is not divisible by ``n_heads``.
     """
@@ -62,12 +67,8 @@ class Transformer(nn.Module):
             DecoderBlock(d_model, n_heads, d_ff, dropout) for _ in range(n_layers)
         )
         self.lm_head = nn.Linear(d_model, tgt_vocab_size)
-        # Xavier for every matrix, as in PyTorch's nn.Transformer. The embeddings get std
-        # d_model^-0.5 so that after the sqrt(d_model) scaling they have unit variance, the same
-        # scale as the positional encoding, instead of drowning it.
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        # Embeddings of std d_model^-0.5 have unit variance once scaled by sqrt(d_model), the
+        # scale of the positional encoding (nn.Embedding's default std 1 would drown it).
         nn.init.normal_(self.src_embed.weight, std=d_model**-0.5)
         nn.init.normal_(self.tgt_embed.weight, std=d_model**-0.5)
         # END SOLUTION

@@ -84,6 +84,21 @@ def test_embedding_is_scaled_and_positioned():
     )
 
 
+def test_embeddings_start_at_the_scale_of_the_positions():
+    """src_embed and tgt_embed start with std 1/sqrt(d_model), so sqrt(d_model) scaling gives std 1."""
+    model = transformer.Transformer(200, 300, 64, 4, 1, 64, 8)
+    for name in ("src_embed", "tgt_embed"):
+        weight = submodule(model, name, MODEL + ".__init__").weight
+        std, target = float(weight.detach().std()), 64**-0.5
+        check(
+            0.8 * target < std < 1.25 * target,
+            f"{name}.weight should start with std 1/sqrt(d_model) = {target:.3f} for d_model=64 "
+            f"(then embedding * sqrt(d_model) has std 1, like the positional encoding), got std "
+            f"{std:.3f}; initialise it with nn.init.normal_(..., std=d_model ** -0.5). "
+            f"Look at {MODEL}.__init__.",
+        )
+
+
 def test_encode_runs_the_encoder_stack_with_padding_mask():
     """encode(src) applies encoder_layers in order, each with padding_mask(src, pad_id)."""
     model = small_model()
