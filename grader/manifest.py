@@ -51,7 +51,8 @@ CH2 = Chapter(
                 "Start with scaled_dot_product_attention: scores = q @ k^T / sqrt(d_k), then softmax "
                 "over the last dimension, then weights @ v.",
                 "Masks are boolean and True means 'may attend': fill the scores where the mask is "
-                "False with -inf before the softmax, and turn rows that are all -inf into zeros.",
+                "False with -inf before the softmax, then set the weights where the mask is False "
+                "to 0 (a row that was all -inf is NaN after softmax). Return (output, weights).",
                 "MultiHeadAttention: project, then view (B, T, d_model) as (B, T, h, d_k) and "
                 "transpose to (B, h, T, d_k) so every head is computed in one batched call.",
             ),
@@ -78,11 +79,15 @@ CH2 = Chapter(
             doc="docs/chapter02/2_4_encoder_decoder.md",
             hints=(
                 "encode embeds the source (scaled by sqrt(d_model)) plus sinusoidal positions, then "
-                "runs the encoder blocks with a padding mask on the source.",
+                "runs the encoder blocks with a padding mask on the source; initialise both "
+                "embeddings with nn.init.normal_(weight, std=d_model ** -0.5).",
                 "decode needs two masks: the causal mask AND the target padding mask for "
                 "self-attention, and the source padding mask for cross-attention.",
                 "greedy_decode: start from BOS, append the argmax of the last position's logits, "
                 "and keep finished sequences padded once they have produced EOS.",
+                "beam_search: per sentence, score every (beam, token) as beam score + log_softmax, "
+                "keep the top (beam_size - finished) with topk over the flattened scores, move "
+                "those ending in EOS to the finished list; always call self.encode/self.decode.",
             ),
         ),
         Stage(
@@ -94,7 +99,8 @@ CH2 = Chapter(
             hints=(
                 "Every earlier stage passes but the model does not learn? Check that dropout is "
                 "off in eval mode and that padding is masked in both encoder and decoder.",
-                "Teacher forcing: feed tgt[:, :-1] and compare the logits with tgt[:, 1:].",
+                "The data and the training loop are the project's (tests/ch2/task.py): train and "
+                "translate by hand with them to watch the loss and the outputs of your model.",
             ),
             points=20,
             test_timeout=180.0,
