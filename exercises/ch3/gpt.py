@@ -107,7 +107,11 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: n_embd -> 4 n_embd -> GELU -> n_embd."""
+    """Position-wise feed-forward: n_embd -> 4 n_embd -> GELU -> n_embd.
+
+    GELU is GPT-2's tanh approximation (``nn.GELU(approximate="tanh")``, Hugging Face's
+    ``gelu_new``): published GPT-2 weights give GPT-2's logits only with this exact curve.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()

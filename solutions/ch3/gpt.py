@@ -117,13 +117,17 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: n_embd -> 4 n_embd -> GELU -> n_embd."""
+    """Position-wise feed-forward: n_embd -> 4 n_embd -> GELU -> n_embd.
+
+    GELU is GPT-2's tanh approximation (``nn.GELU(approximate="tanh")``, Hugging Face's
+    ``gelu_new``): published GPT-2 weights give GPT-2's logits only with this exact curve.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         # BEGIN SOLUTION
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         # END SOLUTION

@@ -59,7 +59,7 @@ def reference_forward(sd: dict[str, torch.Tensor], idx: torch.Tensor, n_head: in
         future = torch.ones(T, T, dtype=torch.bool).triu(1)
         att = scores.masked_fill(future, float("-inf")).softmax(-1) @ v
         x = x + linear(att.transpose(1, 2).reshape(B, T, -1), f"{h}.attn.c_proj")
-        m = F.gelu(linear(ln(x, f"{h}.ln_2"), f"{h}.mlp.c_fc"))
+        m = F.gelu(linear(ln(x, f"{h}.ln_2"), f"{h}.mlp.c_fc"), approximate="tanh")
         x = x + linear(m, f"{h}.mlp.c_proj")
     x = ln(x, "transformer.ln_f")
     return x @ sd["transformer.wte.weight"].T  # the LM head is the token embedding
@@ -209,6 +209,25 @@ def test_attention_matches_sdpa():
         )
 
 
+def test_mlp_matches_functional_with_gpt2_gelu():
+    """MLP equals c_proj(gelu(c_fc(x))) with GPT-2's tanh-approximated GELU."""
+    model = tiny()
+    randomize(model)
+    mlp = model.transformer.h[0].mlp
+    x = 3 * torch.randn(2, 5, TINY["n_embd"])  # wide inputs, where the two GELUs differ most
+    hidden = F.gelu(F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh")
+    expected = F.linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias)
+    with torch.no_grad():
+        check_close(
+            mlp(x),
+            expected,
+            "MLP output",
+            f"{WHERE}, MLP (c_fc -> GELU -> c_proj; GPT-2 uses nn.GELU(approximate='tanh'), "
+            "and the exact GELU differs from it by up to 5e-4)",
+            atol=1e-5,
+        )
+
+
 def test_forward_matches_reference():
     """logits and loss equal a GPT-2 forward pass written in the test from the same weights."""
     model = tiny()
@@ -229,7 +248,7 @@ def test_forward_matches_reference():
         logits,
         expected,
         "logits",
-        f"{FORWARD} and the blocks (pre-LN: x + attn(ln_1(x)), x + mlp(ln_2(x)); GELU; final ln_f)",
+        f"{FORWARD} and the blocks (pre-LN: x + attn(ln_1(x)), x + mlp(ln_2(x)); GELU with approximate='tanh' as GPT-2; final ln_f)",
         atol=1e-4,
         rtol=1e-4,
     )
