@@ -11,8 +11,9 @@ import pytest
 from grader import manifest, runner
 
 STAGES = [(c, s) for c in manifest.CHAPTERS.values() for s in c.stages]
-# What an untouched stub may give: it raises NotImplementedError, or the test does not need it.
-STUB_STATUSES = {"not started", "passed", "skipped"}
+# What an untouched stub may give: it raises NotImplementedError. A test that passes on a stub
+# checks nothing the learner wrote and would hand out free points.
+STUB_STATUSES = {"not started", "skipped"}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,8 @@ def test_untouched_stub_stage_is_not_started(on_exercises, chapter, stage):
         for t in result.tests
         if t.status not in STUB_STATUSES
     ]
-    assert not wrong, "tests that neither pass nor say 'not started' on the stubs:\n" + "\n".join(
-        wrong
-    )
+    assert not wrong, "tests that do not say 'not started' on the stubs:\n" + "\n".join(wrong)
+    assert result.score == 0, f"an untouched stub earns {result.score} points in {stage.name}"
 
 
 def test_a_real_stage_passes_on_solutions():
