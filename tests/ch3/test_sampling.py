@@ -291,3 +291,23 @@ def test_invalid_arguments_raise_value_error(kwargs, what):
     except ValueError:
         return
     fail(f"generate should raise ValueError for {what}, but it did not. Look at {WHERE}.")
+
+
+@pytest.mark.hidden
+def test_top_p_nucleus_is_chosen_row_by_row():
+    """Hidden (instructor's run): top_p picks each row's own nucleus in a batch of different rows."""
+    a = torch.tensor([0.50, 0.30, 0.12, 0.05, 0.03])
+    b = a.flip(0)  # the same probabilities, most likely token last
+    model = TableModel(torch.stack([a, b]).log(), block_size=4)
+    idx = (torch.arange(N) % 2).unsqueeze(1)  # rows alternate between the two distributions
+    out = generate(model, idx, 1, top_p=0.75, generator=torch.Generator().manual_seed(0))
+    for row, probs in ((0, a), (1, b)):
+        kept = probs >= 0.30  # 0.50 + 0.30 reaches 0.75: a two-token nucleus in each row
+        want = torch.where(kept, probs, torch.zeros_like(probs))
+        counts = torch.bincount(out[row::2, 1], minlength=5).double()
+        check_distribution(
+            counts,
+            want / want.sum(),
+            f"with top_p=0.75 on the rows that start with token {row}",
+            f"{WHERE} (sort, cumulative sum and mask each row separately, then scatter back)",
+        )
