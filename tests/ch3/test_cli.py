@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from tests.ch3.gpt2_format import gpt2_bytes_to_unicode
 from tests.tree import REPO_ROOT, load
 
 st = load("ch3.safetensors_io")
@@ -81,22 +82,10 @@ def test_safetensors_rejects_garbage(tmp_path):
         st.load_file(path)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def hf_gpt2_folder(path, n_layer=2, n_embd=32, n_head=2, block_size=16):
     """A tiny GPT-2 in Hugging Face's layout: Conv1D (in, out) weights, no 'transformer.' prefix,
     GPT-2's byte-to-unicode vocab.json and a merges.txt."""
-    byte_encoder = _bytes_to_unicode()
+    byte_encoder = gpt2_bytes_to_unicode()
     vocab = {byte_encoder[b]: i for i, b in enumerate(byte_encoder)}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]
     for a, b in merges:

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import regex
 
+from tests.ch3.gpt2_format import gpt2_bytes_to_unicode
 from tests.helpers import check, check_equal, fail
 from tests.tree import load
 
@@ -96,23 +97,6 @@ def naive_learn_merges(word_counts, num_merges, first_id=256):
         merges[best] = first_id + k
         words = [(ref_merge(w, best, first_id + k), c) for w, c in words]
     return merges
-
-
-def gpt2_bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table, as in its encoder.py."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def gpt2_bpe(token: str, bpe_ranks: dict[tuple[str, str], int]) -> list[str]:
