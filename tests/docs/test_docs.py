@@ -225,3 +225,81 @@ def test_numbers_quoted_in_the_text_match_the_code():
         text = (REPO_ROOT / doc).read_text(encoding="utf-8")
         missing = [n for n in numbers if n not in text]
         assert not missing, f"{doc} should quote {missing} (what the code computes now)"
+
+
+def _source(relative: str) -> str:
+    return (REPO_ROOT / relative).read_text(encoding="utf-8")
+
+
+def _bench_constants(name: str) -> dict:
+    """The module-level CONFIG (and BATCH_SIZE) of a benchmark script, without running it."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {**module.CONFIG, "batch_size": getattr(module, "BATCH_SIZE", None)}
+
+
+def test_stage_settings_quoted_in_the_text_match_the_tests():
+    """The e2e stages' sizes and thresholds, the command line's defaults and the benchmarks'
+    configuration, as the prose states them, are what the tests and scripts use."""
+    from solutions.ch3.cli import CONFIGS, build_parser
+    from solutions.ch3.corpus import generate_corpus
+    from tests.ch2 import task
+    from tests.ch3 import _train_e2e as recipe
+
+    e2e2 = task.TrainConfig()
+    baseline = recipe.unigram_baseline(generate_corpus(recipe.N_SENTENCES))
+    model, train = recipe.MODEL, recipe.TRAIN
+    cli = build_parser().parse_args(["train"])
+    small, bench = CONFIGS["small"], _bench_constants("bench_train")
+    # (file the setting lives in, what that file says, what the section says)
+    pairs = {
+        "docs/chapter02/2_5_training_and_decoding.md": [
+            ("tests/ch2/test_e2e.py", "end < 0.1", "must be below 0.1"),
+            ("tests/ch2/test_e2e.py", "sum(losses[-50:]) / 50", "averaged over the last 50 steps"),
+            ("tests/ch2/test_e2e.py", "accuracy >= 0.9", "at least 90% of the"),
+            ("tests/ch2/task.py", "betas=(0.9, 0.98)", "betas 0.9 and 0.98"),
+            ("tests/ch2/task.py", "clip_grad_norm_(model.parameters(), 1.0)", "norm to 1.0"),
+            (None, None, f"$d_\\text{{model}} = {e2e2.d_model}$, {e2e2.n_heads} heads"),
+            (None, None, f"{e2e2.n_layers} layers, $d_\\text{{ff}} = {e2e2.d_ff}$"),
+            (None, None, f"batch of {e2e2.batch_size} numbers"),
+            (None, None, f"first {e2e2.warmup_steps} steps"),
+            (None, None, f"learning rate of $10^{{{round(math.log10(e2e2.lr))}}}$"),
+            (None, None, f"from 0 to {task.MAX_NUMBER:,}"),
+            (None, None, f"`task.train` for {e2e2.steps:,} steps"),
+        ],
+        "docs/chapter03/3_3_training.md": [
+            ("tests/ch3/test_e2e.py", "val_loss < 0.5 * baseline", "below **half the unigram"),
+            ("tests/ch3/test_e2e.py", "rate >= 0.9", "at least 90% of the words"),
+            ("tests/ch3/test_e2e.py", '"the ", seed, 300)', "three samples of 300 characters"),
+            ("tests/ch3/_train_e2e.py", "temperature: float = 0.8", "At temperature 0.8"),
+            (None, None, f"{model['n_layer']} layers, {model['n_head']} heads, "),
+            (None, None, f"{model['n_embd']} wide, block {recipe.BLOCK_SIZE})"),
+            (None, None, f"for {train['max_steps']} steps"),
+            (None, None, f"(batch {recipe.BATCH_SIZE}, peak learning rate $10^{{-2}}$)"),
+            (None, None, f"on {recipe.N_SENTENCES:,} sentences"),
+            (None, None, f"{baseline:.2f} nats per"),
+            (None, None, f"the bar is {0.5 * baseline:.2f}"),
+            (None, None, f"({cli.max_steps:,} by default"),
+            (None, None, f"(`{cli.out.as_posix()}` by default)"),
+            (
+                None,
+                None,
+                f"`small` is the book's {small['n_layer']} layers, {small['n_head']} heads",
+            ),
+            (None, None, f"{small['n_embd']} wide, block {small['block_size']})"),
+            (None, None, f"batch {bench['batch_size']}, block {bench['block_size']}, "),
+            (
+                None,
+                None,
+                f"{bench['n_layer']} layers, {bench['n_head']} heads, {bench['n_embd']} wide",
+            ),
+        ],
+    }
+    assert train["learning_rate"] == 1e-2, "3.3 quotes the e2e stage's peak learning rate 10^-2"
+    for doc, checks in pairs.items():
+        text = " ".join(_source(doc).split())  # line breaks in the prose do not matter
+        for origin, code, prose in checks:
+            if origin is not None:
+                assert code in _source(origin), f"{origin} no longer has {code!r}: update {doc}"
+            assert prose in text, f"{doc} should say {prose!r} (what the tests use now)"
