@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.padding import Padding
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
@@ -122,43 +123,56 @@ def stage_table(result: ChapterResult) -> Table:
     return table
 
 
-def problem_lines(result: ChapterResult, stage: StageResult, verbose: bool = False) -> list[Text]:
+def _indented(renderable: RenderableType, indent: int = 2) -> Padding:
+    """``renderable`` with every wrapped line indented, not only the first."""
+    return Padding(renderable, (0, 0, 0, indent), expand=False)
+
+
+def problem_lines(
+    result: ChapterResult, stage: StageResult, verbose: bool = False
+) -> list[RenderableType]:
     """The first problem of ``stage`` in plain sentences, with the hint and the doc to read."""
     title = Text(f"{stage.name}: ", style="bold")
     title.append_text(status_text(stage.status))
     if stage.failed_test is not None:
         title.append(f" in {stage.failed_test.name}", style="dim")
-    lines = [title, Text("  " + (stage.message or "(no message)"))]
+    lines: list[RenderableType] = [title, _indented(Text(stage.message or "(no message)"))]
 
-    def field(label: str, value: str) -> Text:
-        return Text.assemble(("  " + label.ljust(7), "bold"), value)
-
+    fields = Table.grid(padding=(0, 1))
+    fields.add_column(style="bold", no_wrap=True, min_width=6)
+    fields.add_column()
     test = stage.failed_test
     if test is not None and test.doc:
-        lines.append(field("Test:", test.doc))
+        fields.add_row("Test:", test.doc)
     if stage.where is not None and stage.status != NOT_STARTED:
         where = stage.where
         place = _tree_file(result, where.file) + (f":{where.line}" if where.line else "")
-        lines.append(field("Where:", place + (f", in {where.function}" if where.function else "")))
+        fields.add_row("Where:", place + (f", in {where.function}" if where.function else ""))
     elif stage.files and stage.status == NOT_STARTED:
-        lines.append(field("Edit:", ", ".join(_tree_file(result, f) for f in stage.files[:1])))
+        fields.add_row("Edit:", ", ".join(_tree_file(result, f) for f in stage.files[:1]))
     if stage.hint:
-        lines.append(field("Hint:", stage.hint))
+        fields.add_row("Hint:", stage.hint)
     if stage.doc:
-        lines.append(field("Read:", stage.doc))
+        fields.add_row("Read:", stage.doc)
+    if fields.row_count:
+        lines.append(_indented(fields))
     others = [t for t in stage.tests if t.status not in (PASSED, SKIPPED) and t is not test]
     if others and not verbose:
         lines.append(
-            Text(f"  ({len(others)} more test(s) of this stage did not pass; -v lists them)", "dim")
+            _indented(
+                Text(
+                    f"({len(others)} more test(s) of this stage did not pass; -v lists them)", "dim"
+                )
+            )
         )
     if verbose:
         for t in stage.tests:
             if t.status in (PASSED, SKIPPED):
                 continue
-            row = Text(f"  ✗ {t.name}: ")
+            row = Text(f"✗ {t.name}: ")
             row.append_text(status_text(t.status))
             row.append(f": {t.message}" if t.message else "")
-            lines.append(row)
+            lines.append(_indented(row))
     return lines
 
 
