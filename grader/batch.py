@@ -39,9 +39,7 @@ from . import formats, integrity, limits
 from .manifest import Chapter, Stage
 from .report import write_json
 from .runner import (
-    ERROR,
     REPO_ROOT,
-    TIMED_OUT,
     ChapterResult,
     Sandbox,
     StageResult,
@@ -49,6 +47,7 @@ from .runner import (
     run_stage,
     select_stages,
 )
+from .statuses import ERROR, TIMED_OUT
 
 DEFAULT_JOBS = 2
 _COPY_MAX_BYTES = 50_000_000  # larger files (checkpoints, data) are not copied for grading

@@ -28,7 +28,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from .runner import (
+from .runner import ChapterResult, StageResult
+from .statuses import (
     CRASHED,
     ERROR,
     FAILED,
@@ -38,8 +39,6 @@ from .runner import (
     PASSED,
     SKIPPED,
     TIMED_OUT,
-    ChapterResult,
-    StageResult,
 )
 
 FAILURES = (FAILED, NOT_STARTED)

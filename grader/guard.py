@@ -28,7 +28,8 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-RESULTS_ENV = "GRADER_RESULTS"
+from .statuses import RESULTS_ENV
+
 SWITCH_ENV = "GRADER_GUARD"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BLOCKED_IMPORTS = frozenset({"solutions", "exercises", "grader", "tests"})

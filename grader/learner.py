@@ -37,15 +37,8 @@ from rich.text import Text
 from . import artifacts, manifest, progress, stubs
 from .manifest import Chapter, Stage
 from .progress import NOT_RUN_YET, Progress
-from .runner import (
-    LOCKED,
-    PASSED,
-    ChapterResult,
-    UsageError,
-    resolve_tree,
-    run_stage,
-    select_stages,
-)
+from .runner import ChapterResult, UsageError, resolve_tree, run_stage, select_stages
+from .statuses import LOCKED, PASSED
 from .stubs import BEGIN, END, STUB
 from .ui import LiveProgress, status_text
 

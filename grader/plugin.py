@@ -38,16 +38,16 @@ from typing import Any
 
 import pytest
 
-RESULTS_ENV = "GRADER_RESULTS"
-
-# Statuses of one test. The stage statuses (grader.runner) use the same words, plus "locked".
-PASSED = "passed"
-FAILED = "failed"
-NOT_STARTED = "not started"
-ERROR = "error"
-TIMED_OUT = "timed out"
-CRASHED = "crashed"
-SKIPPED = "skipped"
+from .statuses import (
+    CRASHED,
+    ERROR,
+    FAILED,
+    NOT_STARTED,
+    PASSED,
+    RESULTS_ENV,
+    SKIPPED,
+    TIMED_OUT,
+)
 
 # Exceptions that mean Python could not load or resolve the learner's code at all.
 _LOAD_ERRORS = (SyntaxError, ImportError, NameError)

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Chapter, Stage
-from .runner import LOCKED, PASSED, REPO_ROOT, ChapterResult, StageResult, resolve_tree
+from .runner import REPO_ROOT, ChapterResult, StageResult, resolve_tree
+from .statuses import LOCKED, PASSED
 
 SCHEMA = "llmfs-progress/1"
 STATE_ENV = "GRADER_STATE_DIR"

@@ -35,26 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import plugin
 from .manifest import Chapter, Stage
+from .statuses import (
+    CRASHED,
+    ERROR,
+    FAILED,
+    LOCKED,
+    NOT_RUN,
+    PASSED,
+    PRIORITY,
+    PUBLIC_PASSED,
+    RESULTS_ENV,
+    SKIPPED,
+    TIMED_OUT,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TREES = ("exercises", "solutions")
 
-PASSED = plugin.PASSED
-FAILED = plugin.FAILED
-NOT_STARTED = plugin.NOT_STARTED
-ERROR = plugin.ERROR
-TIMED_OUT = plugin.TIMED_OUT
-CRASHED = plugin.CRASHED
-SKIPPED = plugin.SKIPPED
-LOCKED = "locked"
-NOT_RUN = "not run"  # a test the stage never reached (it was stopped or died first)
-PUBLIC_PASSED = "public tests passed"  # passed, with the stage's hidden tests left out
-
-STAGE_STATUSES = (PASSED, FAILED, NOT_STARTED, ERROR, TIMED_OUT, CRASHED, LOCKED)
-# Which problem a stage reports when its tests disagree: the first one the learner must fix.
-_PRIORITY = (ERROR, CRASHED, TIMED_OUT, FAILED, NOT_STARTED)
 _LOG_TAIL = 4000  # characters of the subprocess's output kept for diagnosis
 
 
@@ -267,7 +265,7 @@ def stage_env(tree_value: str, results: Path) -> dict[str, str]:
     env.update(
         {
             "LLMFS_TREE": tree_value,
-            plugin.RESULTS_ENV: str(results),
+            RESULTS_ENV: str(results),
             # The tests come from the grader alone: no plugin the environment happens to have
             # (pytest-randomly would reorder and reseed them), no bytecode written into the tree.
             "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
@@ -591,7 +589,7 @@ def _assemble(
     counted = [t for t in results if t.status != SKIPPED]
     if counted and all(t.passed for t in counted):
         return StageResult(status=PASSED, tests=results, **base, **common)
-    status = next(s for s in (*_PRIORITY, NOT_RUN, SKIPPED) if any(t.status == s for t in results))
+    status = next(s for s in (*PRIORITY, NOT_RUN, SKIPPED) if any(t.status == s for t in results))
     if status in (NOT_RUN, SKIPPED):
         status = ERROR
     first = next((t for t in results if t.status == status), None)

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .manifest import Chapter, Stage
-from .runner import (
+from .runner import ChapterResult, StageResult, TestResult
+from .statuses import (
     CRASHED,
     ERROR,
     FAILED,
@@ -26,9 +27,6 @@ from .runner import (
     PUBLIC_PASSED,
     SKIPPED,
     TIMED_OUT,
-    ChapterResult,
-    StageResult,
-    TestResult,
 )
 
 STYLES = {

@@ -143,3 +143,13 @@ def test_python_m_grader_end_to_end():
     assert bad.stderr.strip().splitlines() == [
         "python -m grader: error: unknown chapter 'ch99' (chapters: ch2, ch3)"
     ]
+
+
+def test_the_command_line_starts_without_pytest_or_torch():
+    """`--help` and `list` import neither pytest (the stage processes do) nor torch."""
+    code = "import sys, grader.cli; print(sorted({'pytest', 'torch'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=runner.REPO_ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
