@@ -28,6 +28,7 @@ PE = "ch2/block.py, sinusoidal_positional_encoding"
 FF = "ch2/block.py, FeedForward"
 ENC = "ch2/block.py, EncoderBlock.forward"
 DEC = "ch2/block.py, DecoderBlock.forward"
+STYLE = {False: "post-LN: norm(x + sublayer(x))", True: "pre-LN: x + sublayer(norm(x))"}
 
 
 def test_layernorm_matches_torch():
@@ -95,9 +96,16 @@ def test_feedforward():
     check_close(ff(x), expected, "FeedForward's output", FF + ".forward")
 
 
-def _encoder_oracle(ours: nn.Module, d_model: int, d_ff: int, norm_first: bool):
-    """nn.TransformerEncoderLayer holding the tree's weights (4 heads, ReLU)."""
-    theirs = nn.TransformerEncoderLayer(
+def _torch_layer(
+    ours: nn.Module, d_model: int, d_ff: int, norm_first: bool, *, decoder: bool
+) -> nn.Module:
+    """nn.TransformerEncoderLayer (or DecoderLayer) holding the tree's weights (4 heads, ReLU).
+
+    The LayerNorms of ``ours`` are randomised first, so a swapped or skipped norm shows.
+    """
+    where = DEC if decoder else ENC
+    layer = nn.TransformerDecoderLayer if decoder else nn.TransformerEncoderLayer
+    theirs = layer(
         d_model,
         nhead=4,
         dim_feedforward=d_ff,
@@ -106,12 +114,14 @@ def _encoder_oracle(ours: nn.Module, d_model: int, d_ff: int, norm_first: bool):
         batch_first=True,
         norm_first=norm_first,
     )
-    copy_attention(submodule(ours, "self_attn", ENC), theirs.self_attn, ENC)
-    ff = submodule(ours, "ff", ENC)
+    attentions = {"self_attn": "self_attn"} | ({"cross_attn": "multihead_attn"} if decoder else {})
+    for name, torch_name in attentions.items():
+        copy_attention(submodule(ours, name, where), getattr(theirs, torch_name), where)
+    ff = submodule(ours, "ff", where)
     copy_linear(submodule(ff, "linear1", FF), theirs.linear1)
     copy_linear(submodule(ff, "linear2", FF), theirs.linear2)
-    for name in ("norm1", "norm2"):
-        randomize_layernorm(submodule(ours, name, ENC))
+    for name in ("norm1", "norm2", "norm3") if decoder else ("norm1", "norm2"):
+        randomize_layernorm(submodule(ours, name, where))
         copy_linear(getattr(ours, name), getattr(theirs, name))
     return theirs
 
@@ -120,44 +130,27 @@ def _encoder_oracle(ours: nn.Module, d_model: int, d_ff: int, norm_first: bool):
 def test_encoder_block_matches_torch(norm_first):
     """EncoderBlock equals nn.TransformerEncoderLayer with the same weights, with source padding."""
     ours = block.EncoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
-    theirs = _encoder_oracle(ours, 16, 32, norm_first)
+    theirs = _torch_layer(ours, 16, 32, norm_first, decoder=False)
     ours.eval()
     theirs.eval()  # dropout=0.1 in both: eval mode must switch it off
     x = torch.randn(3, 7, 16)
     keep = key_padding([7, 5, 2], 7)
     out = ours(x, keep[:, None, None, :])
     expected = theirs(x, src_key_padding_mask=~keep)  # PyTorch: True = padding
-    style = "pre-LN: x + sublayer(norm(x))" if norm_first else "post-LN: norm(x + sublayer(x))"
-    check_close(out, expected, f"EncoderBlock(norm_first={norm_first}) ({style})", ENC, atol=1e-5)
-
-
-def _decoder_oracle(ours: nn.Module, d_model: int, d_ff: int, norm_first: bool):
-    """nn.TransformerDecoderLayer holding the tree's weights (4 heads, ReLU)."""
-    theirs = nn.TransformerDecoderLayer(
-        d_model,
-        nhead=4,
-        dim_feedforward=d_ff,
-        dropout=0.1,
-        activation="relu",
-        batch_first=True,
-        norm_first=norm_first,
+    check_close(
+        out,
+        expected,
+        f"EncoderBlock(norm_first={norm_first}) ({STYLE[norm_first]})",
+        ENC,
+        atol=1e-5,
     )
-    copy_attention(submodule(ours, "self_attn", DEC), theirs.self_attn, DEC)
-    copy_attention(submodule(ours, "cross_attn", DEC), theirs.multihead_attn, DEC)
-    ff = submodule(ours, "ff", DEC)
-    copy_linear(submodule(ff, "linear1", FF), theirs.linear1)
-    copy_linear(submodule(ff, "linear2", FF), theirs.linear2)
-    for name in ("norm1", "norm2", "norm3"):
-        randomize_layernorm(submodule(ours, name, DEC))
-        copy_linear(getattr(ours, name), getattr(theirs, name))
-    return theirs
 
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_decoder_block_matches_torch(norm_first):
     """DecoderBlock equals nn.TransformerDecoderLayer with the same weights, causal and padding masks."""
     ours = block.DecoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
-    theirs = _decoder_oracle(ours, 16, 32, norm_first)
+    theirs = _torch_layer(ours, 16, 32, norm_first, decoder=True)
     ours.eval()
     theirs.eval()  # dropout=0.1 in both: eval mode must switch it off
     x, memory = torch.randn(3, 6, 16), torch.randn(3, 7, 16)
@@ -176,11 +169,10 @@ def test_decoder_block_matches_torch(norm_first):
         tgt_key_padding_mask=~tgt_keep,
         memory_key_padding_mask=~src_keep,
     )
-    style = "pre-LN: x + sublayer(norm(x))" if norm_first else "post-LN: norm(x + sublayer(x))"
     check_close(
         out,
         expected,
-        f"DecoderBlock(norm_first={norm_first}) ({style}; self-attention, then cross-attention "
+        f"DecoderBlock(norm_first={norm_first}) ({STYLE[norm_first]}; self-attention, then cross-attention "
         "to memory, then feed-forward)",
         DEC,
         atol=1e-5,
