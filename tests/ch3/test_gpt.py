@@ -284,10 +284,15 @@ def test_causality():
             changed = idx.clone()
             changed[:, t + 1 :] = torch.randint(0, TINY["vocab_size"], (2, 11 - t))
             again, _ = model(changed)
-            if not torch.allclose(logits[:, : t + 1], again[:, : t + 1], atol=1e-5):
+            before, after = logits[:, : t + 1], again[:, : t + 1]  # (2, t + 1, V)
+            moved = ~torch.isclose(before, after, atol=1e-5)  # torch.allclose's test, per entry
+            if bool(moved.any()):
+                first = int(moved.nonzero()[0, 1])
                 fail(
-                    f"changing tokens after position {t} changed the logits at positions <= {t}: "
-                    f"the model sees the future. Look at {ATTN} (the causal mask)."
+                    f"changing tokens after position {t} changed the logits at positions <= {t} "
+                    f"(first at position {first}, by up to {float((after - before).abs().max()):.3g}"
+                    f"; expected no change): the model sees the future. Look at {ATTN} (the "
+                    "causal mask)."
                 )
         prefix, _ = model(idx[:, :6])
     check_close(
