@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import formats, integrity, limits
-from .manifest import Chapter, Stage
+from .manifest import Chapter
 from .report import write_json
 from .runner import (
     REPO_ROOT,
@@ -46,6 +46,7 @@ from .runner import (
     UsageError,
     run_stage,
     select_stages,
+    unrun,
 )
 from .statuses import ERROR, TIMED_OUT
 
@@ -162,20 +163,6 @@ def sandbox_for(scratch: Path, options: Options) -> Sandbox:
     )
 
 
-def _unrun(chapter: Chapter, stage: Stage, status: str, message: str) -> StageResult:
-    return StageResult(
-        chapter=chapter.name,
-        name=stage.name,
-        title=stage.title,
-        status=status,
-        points=stage.points,
-        message=message,
-        hint=stage.hints[0] if stage.hints else "",
-        doc=stage.doc,
-        files=stage.files,
-    )
-
-
 def grade_submission(
     chapter: Chapter, submission: Submission, options: Options, scratch_root: Path
 ) -> Graded:
@@ -184,7 +171,7 @@ def grade_submission(
     start = time.monotonic()
     if submission.tree is None:
         message = f"no {chapter.name}/ folder in this submission"
-        results = tuple(_unrun(chapter, s, ERROR, message) for s in stages)
+        results = tuple(unrun(chapter, s, ERROR, message) for s in stages)
         return Graded(submission, _chapter_result(chapter, submission, results, start))
 
     scratch = Path(tempfile.mkdtemp(prefix="sub-", dir=scratch_root))
@@ -205,7 +192,7 @@ def grade_submission(
                     f"not run: the submission used up its time limit of {limit:g} s "
                     "(an endless loop in an earlier stage?)"
                 )
-                results.append(_unrun(chapter, stage, TIMED_OUT, message))
+                results.append(unrun(chapter, stage, TIMED_OUT, message))
                 continue
             bounded = dataclasses.replace(
                 stage,
@@ -254,7 +241,7 @@ def grade_all(
             except Exception as error:  # a grader problem must not stop the class
                 message = f"the grader could not grade this submission: {error!r}"
                 stages = select_stages(chapter, options.only)
-                results = tuple(_unrun(chapter, s, ERROR, message) for s in stages)
+                results = tuple(unrun(chapter, s, ERROR, message) for s in stages)
                 graded = Graded(sub, _chapter_result(chapter, sub, results, time.monotonic()))
             with lock:
                 done[0] += 1

@@ -363,15 +363,7 @@ def run_stage(
     progress = progress or Silent()
     sandbox = sandbox or Sandbox()
     tree_value, tree_dir = resolve_tree(tree)
-    base = {
-        "chapter": chapter.name,
-        "name": stage.name,
-        "title": stage.title,
-        "points": stage.points,
-        "hint": stage.hints[0] if stage.hints else "",
-        "doc": stage.doc,
-        "files": stage.files,
-    }
+    base = _stage_fields(chapter, stage)
     test_file = repo_root / stage.tests
     if not test_file.exists():
         message = (
@@ -438,6 +430,24 @@ def run_stage(
         log_text,
         tree_dir,
     )
+
+
+def _stage_fields(chapter: Chapter, stage: Stage) -> dict[str, Any]:
+    """What a StageResult takes from the manifest, whatever happened to the stage."""
+    return {
+        "chapter": chapter.name,
+        "name": stage.name,
+        "title": stage.title,
+        "points": stage.points,
+        "hint": stage.hints[0] if stage.hints else "",
+        "doc": stage.doc,
+        "files": stage.files,
+    }
+
+
+def unrun(chapter: Chapter, stage: Stage, status: str, message: str) -> StageResult:
+    """A stage that did not run, so has no tests: locked, or (batch) never reached."""
+    return StageResult(status=status, message=message, **_stage_fields(chapter, stage))
 
 
 def _tail(path: Path, chars: int) -> str:
@@ -607,20 +617,6 @@ def _assemble(
 # -- a chapter ------------------------------------------------------------------------------
 
 
-def locked(chapter: Chapter, stage: Stage, blocker: str) -> StageResult:
-    return StageResult(
-        chapter=chapter.name,
-        name=stage.name,
-        title=stage.title,
-        status=LOCKED,
-        points=stage.points,
-        message=f"locked until stage '{blocker}' passes (or grade with --all)",
-        hint=stage.hints[0] if stage.hints else "",
-        doc=stage.doc,
-        files=stage.files,
-    )
-
-
 def select_stages(chapter: Chapter, only: str | Iterable[str] | None = None) -> tuple[Stage, ...]:
     """The chapter's stages, or just the named ones (in course order); UsageError if unknown."""
     if only is None:
@@ -654,7 +650,8 @@ def grade(
     blocker: str | None = None
     for index, stage in enumerate(stages):
         if blocker is not None and not run_all and only is None:
-            results.append(locked(chapter, stage, blocker))
+            message = f"locked until stage '{blocker}' passes (or grade with --all)"
+            results.append(unrun(chapter, stage, LOCKED, message))
             continue
         progress.stage_started(stage, index, len(stages))
         result = run_stage(
@@ -684,4 +681,5 @@ __all__ = [
     "Where",
     "grade",
     "run_stage",
+    "unrun",
 ]
