@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import os
 import shlex
 import sys
 import time
@@ -40,7 +39,7 @@ from .progress import NOT_RUN_YET, Progress
 from .runner import ChapterResult, UsageError, resolve_tree, run_stage, select_stages
 from .statuses import LOCKED, PASSED
 from .stubs import BEGIN, END, STUB
-from .ui import LiveProgress, status_text
+from .ui import LiveProgress, status_text, tree_file
 
 COMMANDS = ("status", "watch", "hint", "reset", "solution")
 EXIT_OK = 0
@@ -136,16 +135,6 @@ def command(*words: str, tree: str = "exercises") -> str:
     if tree != "exercises":
         parts += ["--tree", tree]
     return " ".join(shlex.quote(p) for p in parts)
-
-
-def tree_file(tree_path: str | Path, rel: str) -> str:
-    """A path the learner can open: relative to the current folder when it is below it."""
-    path = Path(tree_path) / rel
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
-    return str(path) if relative.startswith("..") else relative
 
 
 def _numbered(console: Console, items: list[tuple[int, str, str]]) -> None:

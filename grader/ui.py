@@ -90,9 +90,10 @@ class LiveProgress:
             self.status = None
 
 
-def _tree_file(result: ChapterResult, rel: str) -> str:
-    """A path the learner can open: ``exercises/ch2/attention.py`` or relative to the cwd."""
-    path = Path(result.tree_path) / rel
+def tree_file(tree_path: str | Path, rel: str) -> str:
+    """A path the learner can open: relative to the current folder when it is below it
+    (``exercises/ch2/attention.py``), absolute otherwise."""
+    path = Path(tree_path) / rel
     try:
         relative = os.path.relpath(path)
     except ValueError:  # another drive on Windows
@@ -144,10 +145,10 @@ def problem_lines(
         fields.add_row("Test:", test.doc)
     if stage.where is not None and stage.status != NOT_STARTED:
         where = stage.where
-        place = _tree_file(result, where.file) + (f":{where.line}" if where.line else "")
+        place = tree_file(result.tree_path, where.file) + (f":{where.line}" if where.line else "")
         fields.add_row("Where:", place + (f", in {where.function}" if where.function else ""))
     elif stage.files and stage.status == NOT_STARTED:
-        fields.add_row("Edit:", ", ".join(_tree_file(result, f) for f in stage.files[:1]))
+        fields.add_row("Edit:", ", ".join(tree_file(result.tree_path, f) for f in stage.files[:1]))
     if stage.hint:
         fields.add_row("Hint:", stage.hint)
     if stage.doc:
