@@ -54,7 +54,8 @@ def copy_attention(ours: nn.Module, theirs: nn.MultiheadAttention, where: str) -
 
 
 @torch.no_grad()
-def copy_linear(ours: nn.Module, theirs: nn.Linear) -> None:
+def copy_weight_and_bias(ours: nn.Module, theirs: nn.Module) -> None:
+    """Copy ``weight`` and ``bias`` from the tree's module into torch's (a Linear, a LayerNorm)."""
     theirs.weight.copy_(ours.weight)
     theirs.bias.copy_(ours.bias)
 

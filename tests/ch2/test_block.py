@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from tests.ch2.oracles import (
     copy_attention,
-    copy_linear,
+    copy_weight_and_bias,
     key_padding,
     randomize_layernorm,
     submodule,
@@ -38,9 +38,7 @@ def test_layernorm_matches_torch():
     check_close(ours.bias, torch.zeros(16), "LayerNorm.bias at initialisation", LN)
     randomize_layernorm(ours)
     theirs = nn.LayerNorm(16)
-    with torch.no_grad():
-        theirs.weight.copy_(ours.weight)
-        theirs.bias.copy_(ours.bias)
+    copy_weight_and_bias(ours, theirs)
     x = 3 * torch.randn(2, 5, 16) + 1
     check_close(ours(x), theirs(x), "LayerNorm's output", LN + ".forward")
 
@@ -118,11 +116,11 @@ def _torch_layer(
     for name, torch_name in attentions.items():
         copy_attention(submodule(ours, name, where), getattr(theirs, torch_name), where)
     ff = submodule(ours, "ff", where)
-    copy_linear(submodule(ff, "linear1", FF), theirs.linear1)
-    copy_linear(submodule(ff, "linear2", FF), theirs.linear2)
+    copy_weight_and_bias(submodule(ff, "linear1", FF), theirs.linear1)
+    copy_weight_and_bias(submodule(ff, "linear2", FF), theirs.linear2)
     for name in ("norm1", "norm2", "norm3") if decoder else ("norm1", "norm2"):
         randomize_layernorm(submodule(ours, name, where))
-        copy_linear(getattr(ours, name), getattr(theirs, name))
+        copy_weight_and_bias(getattr(ours, name), getattr(theirs, name))
     return theirs
 
 
