@@ -172,8 +172,9 @@ def test_optimizer_uses_the_scheduled_lr_at_every_step():
     )
 
 
-def oracle_run(model, batches, steps, *, lr, min_lr, warmup, max_steps, wd, clip, accum):
-    """The whole training step written with torch.optim.AdamW and clip_grad_norm_."""
+def oracle_run(model, batches, steps, *, lr, min_lr, warmup, max_steps, wd, clip):
+    """``steps`` training steps written with torch.optim.AdamW and clip_grad_norm_, one batch
+    each: the losses and the gradient norms before clipping."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -187,15 +188,12 @@ def oracle_run(model, batches, steps, *, lr, min_lr, warmup, max_steps, wd, clip
         for g in opt.param_groups:
             g["lr"] = expected_lr(step, lr, warmup, max_steps, min_lr)
         opt.zero_grad()
-        total = 0.0
-        for _ in range(accum):
-            x, y = next(it)
-            loss = model(x, y)[1] / accum
-            loss.backward()
-            total += loss.item()
+        x, y = next(it)
+        loss = model(x, y)[1]
+        loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
         opt.step()
-        losses.append(total)
+        losses.append(loss.item())
     return losses, norms
 
 
@@ -215,9 +213,9 @@ def test_training_steps_match_adamw_with_clipping():
         grad_clip=hp["clip"],
     )
     records = [trainer.train_step() for _ in range(5)]
-    losses, norms = oracle_run(ref, list(loader(4)), 5, accum=1, **hp)
+    losses, norms = oracle_run(ref, list(loader(4)), 5, **hp)
     where = "ch3/trainer.py, GPTTrainer.train_step"
-    for step, (rec, loss, norm) in enumerate(zip(records, losses, norms, strict=False)):
+    for step, (rec, loss, norm) in enumerate(zip(records, losses, norms, strict=True)):
         check(
             math.isclose(rec["loss"], loss, rel_tol=1e-5),
             f"the loss of step {step} should be {loss:.6f}, got {rec['loss']:.6f}. Look at {where}.",
