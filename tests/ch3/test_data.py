@@ -47,6 +47,7 @@ def positions(loader) -> set[int]:
 
 
 def check_batch(x, y, batch_size, block_size, where):
+    """x and y are (batch_size, block_size) int64 and y is x shifted by one token."""
     for name, t in (("x", x), ("y", y)):
         check(
             isinstance(t, torch.Tensor) and t.dtype == torch.long,
@@ -60,8 +61,8 @@ def check_batch(x, y, batch_size, block_size, where):
         )
     check(
         torch.equal(y[:, :-1], x[:, 1:]),
-        f"y should be x shifted by one token (y[:, t] == x[:, t + 1]), but it is not. Look at "
-        f"{where}.",
+        f"y should be x shifted by one token (y[:, t] == x[:, t + 1]), got x[0] = "
+        f"{x[0].tolist()} and y[0] = {y[0].tolist()}. Look at {where}.",
     )
 
 
