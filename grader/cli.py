@@ -62,13 +62,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, parsers | learner.add_parsers(commands)
 
 
-def _chapter(name: str) -> manifest.Chapter:
-    chapters = manifest.CHAPTERS
-    if name not in chapters:
-        raise UsageError(f"unknown chapter {name!r} (chapters: {', '.join(chapters)})")
-    return chapters[name]
-
-
 def run(argv: list[str]) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["grade", *argv]
@@ -88,9 +81,9 @@ def run(argv: list[str]) -> int:
     if args.command in learner.COMMANDS:
         return learner.run(args, console)
     if args.command == "batch":
-        return batch.run(args, _chapter(args.chapter), console)
+        return batch.run(args, learner.chapter_named(args.chapter), console)
 
-    chapter = _chapter(args.chapter)
+    chapter = learner.chapter_named(args.chapter)
     if args.stage and args.stage_name and args.stage != args.stage_name:
         raise UsageError(f"two different stages given: {args.stage_name!r} and {args.stage!r}")
     only = args.stage or args.stage_name
