@@ -36,7 +36,7 @@ from rich.text import Text
 from . import artifacts, manifest, progress, stubs
 from .manifest import Chapter, Stage
 from .progress import NOT_RUN_YET, Progress
-from .runner import ChapterResult, UsageError, resolve_tree, run_stage, select_stages
+from .runner import ChapterResult, StageResult, UsageError, resolve_tree, run_stage, select_stages
 from .statuses import LOCKED, PASSED
 from .stubs import BEGIN, END, STUB
 from .ui import LiveProgress, status_text, tree_file
@@ -448,15 +448,7 @@ def show_solution(
         raise UsageError("--tree solutions is the reference itself: show your own tree instead")
     name = f"{chapter.name} '{stage.name}'"
     if rerun:
-        live = LiveProgress(console, chapter)
-        live.stage_started(stage, chapter.stages.index(stage), len(chapter.stages))
-        try:
-            result = run_stage(chapter, stage, tree)
-        finally:
-            live.close()
-        live.stage_finished(stage, result)
-        progress.record_stage(tree, result)
-        status = result.status
+        status = grade_stage(console, chapter, stage, tree).status
     else:
         status = Progress.load(tree).status(chapter.name, stage.name)
     if status != PASSED:
@@ -478,6 +470,33 @@ def show_solution(
         else:
             console.print(Text(diff.rstrip("\n")), soft_wrap=True)
     return EXIT_OK
+
+
+# -- grading runs ---------------------------------------------------------------------------
+
+
+StageRunner = Callable[[Chapter, Stage, str, LiveProgress], StageResult]
+
+
+def run_live(chapter: Chapter, stage: Stage, tree: str, live: LiveProgress) -> StageResult:
+    """Run the stage, telling ``live`` about every test that finishes."""
+    return run_stage(chapter, stage, tree, progress=live)
+
+
+def grade_stage(
+    console: Console, chapter: Chapter, stage: Stage, tree: str, run: StageRunner = run_live
+) -> StageResult:
+    """Grade one stage (``solution --rerun``, each ``watch`` run) with a live progress line,
+    and save its status in the progress state."""
+    live = LiveProgress(console, chapter)
+    live.stage_started(stage, chapter.stages.index(stage), len(chapter.stages))
+    try:
+        result = run(chapter, stage, tree, live)
+    finally:
+        live.close()
+    live.stage_finished(stage, result)
+    progress.record_stage(tree, result)
+    return result
 
 
 # -- after a grading run --------------------------------------------------------------------

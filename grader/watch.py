@@ -24,12 +24,12 @@ from typing import Protocol
 from rich.console import Console
 from rich.text import Text
 
-from . import artifacts, progress
-from .learner import command, show_artifacts
+from . import artifacts
+from .learner import StageRunner, command, grade_stage, run_live, show_artifacts
 from .manifest import Chapter, Stage
 from .progress import Progress
-from .runner import ChapterResult, StageResult, resolve_tree, run_stage
-from .ui import LiveProgress, problem_lines
+from .runner import ChapterResult, StageResult, resolve_tree
+from .ui import problem_lines
 
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".pyc")
 Snapshot = dict[str, tuple[int, int]]
@@ -171,13 +171,6 @@ def make_watcher(root: Path, interval: float = 0.5) -> Watcher:
         return PollingWatcher(root, interval)
 
 
-StageRunner = Callable[[Chapter, Stage, str], StageResult]
-
-
-def _run(chapter: Chapter, stage: Stage, tree: str, live: LiveProgress) -> StageResult:
-    return run_stage(chapter, stage, tree, progress=live)
-
-
 def watch(
     chapter: Chapter,
     tree: str = "exercises",
@@ -185,7 +178,7 @@ def watch(
     console: Console,
     interval: float = 0.5,
     watcher: Watcher | None = None,
-    run: Callable[[Chapter, Stage, str, LiveProgress], StageResult] = _run,
+    run: StageRunner = run_live,
     max_runs: int | None = None,
 ) -> int:
     """Grade the current stage, then again on every change; 0 on Ctrl-C or when all passed.
@@ -244,7 +237,7 @@ def _grade_once(
     chapter: Chapter,
     stage: Stage,
     tree: str,
-    run: Callable[[Chapter, Stage, str, LiveProgress], StageResult],
+    run: StageRunner,
     art_dir: Path,
 ) -> StageResult:
     if console.is_terminal:
@@ -256,14 +249,7 @@ def _grade_once(
     console.print(heading)
     with contextlib.suppress(OSError):
         (art_dir / f"{stage.name}.json").unlink()  # only what this run writes is shown
-    live = LiveProgress(console, chapter)
-    live.stage_started(stage, index, len(chapter.stages))
-    try:
-        result = run(chapter, stage, tree, live)
-    finally:
-        live.close()
-    live.stage_finished(stage, result)
-    progress.record_stage(tree, result)
+    result = grade_stage(console, chapter, stage, tree, run)
     _, folder = resolve_tree(tree)
     wrapper = ChapterResult(chapter.name, chapter.title, tree, str(folder), (result,))
     if not result.ok:
