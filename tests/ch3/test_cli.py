@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from tests.ch3.gpt2_format import gpt2_bytes_to_unicode
+from tests.ch3.gpt2_format import gpt2_bytes_to_unicode, write_vocab_and_merges
 from tests.tree import REPO_ROOT, load
 
 st = load("ch3.safetensors_io")
@@ -111,9 +111,7 @@ def hf_gpt2_folder(path, n_layer=2, n_embd=32, n_head=2, block_size=16):
     sd |= {"ln_f.weight": 1 + rnd(C), "ln_f.bias": rnd(C)}
     path.mkdir()
     write_safetensors_by_hand(sd, path / "model.safetensors")
-    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (path / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_vocab_and_merges(path, vocab, merges)
     return sd
 
 

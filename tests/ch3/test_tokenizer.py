@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import regex
 
-from tests.ch3.gpt2_format import gpt2_bytes_to_unicode
+from tests.ch3.gpt2_format import gpt2_bytes_to_unicode, write_vocab_and_merges
 from tests.helpers import check, check_equal, fail
 from tests.tree import load
 
@@ -424,9 +424,7 @@ def write_gpt2_files(tmp_path, merges_by_bytes: list[tuple[bytes, bytes]]):
     for (left, right), i in zip(merges_by_bytes, merged_ids, strict=True):
         encoder[u(left + right)] = i
     encoder["<|endoftext|>"] = len(encoder)
-    (tmp_path / "vocab.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{u(a)} {u(b)}" for a, b in merges_by_bytes]
-    (tmp_path / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_vocab_and_merges(tmp_path, encoder, [(u(a), u(b)) for a, b in merges_by_bytes])
     ranks = {(u(a), u(b)): r for r, (a, b) in enumerate(merges_by_bytes)}
     return encoder, ranks, b2u
 
