@@ -101,7 +101,7 @@ class Transformer(nn.Module):
         """
         # BEGIN SOLUTION
         src_mask = padding_mask(src, self.pad_id)  # (B, 1, 1, S)
-        x = self.embed(src, self.src_embed)
+        x = self.embed(src, self.src_embed)  # (B, S, d_model)
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
         return x
@@ -125,10 +125,10 @@ class Transformer(nn.Module):
         # BEGIN SOLUTION
         T = tgt.size(1)
         tgt_mask = causal_mask(T, tgt.device) & padding_mask(tgt, self.pad_id)  # (B, 1, T, T)
-        x = self.embed(tgt, self.tgt_embed)
+        x = self.embed(tgt, self.tgt_embed)  # (B, T, d_model)
         for layer in self.decoder_layers:
             x = layer(x, memory, tgt_mask, memory_mask)
-        return self.lm_head(x)
+        return self.lm_head(x)  # (B, T, tgt_vocab_size)
         # END SOLUTION
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -173,9 +173,9 @@ class Transformer(nn.Module):
         if max_len > self.max_len:
             raise ValueError(f"max_len={max_len} is larger than the model's max_len={self.max_len}")
         memory = self.encode(src)  # (B, S, d_model)
-        memory_mask = padding_mask(src, self.pad_id)
-        ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
-        done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        memory_mask = padding_mask(src, self.pad_id)  # (B, 1, 1, S)
+        ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
+        done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,) saw EOS
         while ys.size(1) < max_len and not done.all():
             logits = self.decode(ys, memory, memory_mask)[:, -1]  # (B, V): the last position
             next_id = logits.argmax(dim=-1).masked_fill(done, self.pad_id)  # (B,)
