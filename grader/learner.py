@@ -495,7 +495,7 @@ def grade_stage(
     finally:
         live.close()
     live.stage_finished(stage, result)
-    progress.record_stage(tree, result)
+    progress.record(tree, [result])
     return result
 
 
@@ -518,7 +518,7 @@ def grading_session() -> Iterator[Session]:
 
 def after_grade(console: Console, result: ChapterResult, session: Session) -> None:
     """Save the run into the progress state and show what end-to-end stages left behind."""
-    progress.record(result)
+    progress.record(result.tree, result.stages)
     ran = [s.name for s in result.stages if s.status != LOCKED]
     show_artifacts(console, artifacts.collect(session.artifacts, ran), result.chapter, result.tree)
 

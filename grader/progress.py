@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Chapter, Stage
-from .runner import REPO_ROOT, ChapterResult, StageResult, resolve_tree
+from .runner import REPO_ROOT, StageResult, resolve_tree
 from .statuses import LOCKED, PASSED
 
 SCHEMA = "llmfs-progress/1"
@@ -151,10 +151,6 @@ class Progress:
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
 
-    def record(self, result: ChapterResult) -> None:
-        for stage in result.stages:
-            self.record_stage(stage)
-
     def forget(self, chapter: str, names: Iterable[str]) -> None:
         """Drop the records of stages whose code changed under them (``reset``)."""
         records = self.stages.get(chapter, {})
@@ -189,21 +185,13 @@ class Progress:
             self.hints.setdefault(chapter, {})[stage] = level
 
 
-def record(result: ChapterResult) -> Path | None:
-    """Save ``result`` into its tree's progress file; a state that cannot be written is skipped
+def record(tree: str | os.PathLike[str], results: Iterable[StageResult]) -> Path | None:
+    """Save ``results`` into the tree's progress file; a state that cannot be written is skipped
     (progress is a convenience: it never makes a grading run fail)."""
     try:
-        state = Progress.load(result.tree)
-        state.record(result)
+        state = Progress.load(tree)
+        for result in results:
+            state.record_stage(result)
         return state.save()
     except OSError:
         return None
-
-
-def record_stage(tree: str | os.PathLike[str], result: StageResult) -> None:
-    try:
-        state = Progress.load(tree)
-        state.record_stage(result)
-        state.save()
-    except OSError:
-        pass
