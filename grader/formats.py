@@ -22,12 +22,12 @@ stage 2), ``output`` (status, message, where to look, hint, doc; tests that did 
 
 from __future__ import annotations
 
-import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from .report import write_data
 from .runner import ChapterResult, StageResult
 from .statuses import (
     CRASHED,
@@ -166,8 +166,4 @@ def gradescope_dict(
 
 
 def write_gradescope(result: ChapterResult, path: str | os.PathLike[str], **kwargs) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    data = gradescope_dict(result, **kwargs)
-    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return target
+    return write_data(gradescope_dict(result, **kwargs), path)

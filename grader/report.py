@@ -130,8 +130,12 @@ def write_json(
 ) -> Path:
     """Write the report (plus the top-level fields ``extra``) to ``path`` (its folder is
     created) and return the path."""
+    return write_data(to_dict(result) | (extra or {}), path)
+
+
+def write_data(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` as indented JSON to ``path`` (its folder is created); return the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    data = to_dict(result) | (extra or {})
     target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return target
