@@ -101,7 +101,7 @@ def write_junit(result: ChapterResult, path: str | os.PathLike[str], name: str |
 # -- Gradescope -----------------------------------------------------------------------------
 
 
-def _stage_output(result: ChapterResult, stage: StageResult) -> str:
+def _stage_output(stage: StageResult) -> str:
     lines = [f"{stage.label} ({stage.passed}/{stage.total} tests)"]
     if stage.hidden_excluded:
         lines.append(f"{stage.hidden_excluded} hidden test(s) were not run.")
@@ -139,7 +139,7 @@ def gradescope_dict(
                 "status": "passed" if stage.ok else "failed",
                 "name": f"{result.chapter} {stage.name}: {stage.title}",
                 "number": f"{number}.{index}",
-                "output": _stage_output(result, stage),
+                "output": _stage_output(stage),
                 "tags": [result.chapter, stage.name, stage.status],
                 "visibility": visibility,
             }
