@@ -33,7 +33,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from . import artifacts, manifest, progress, stubs
+from . import artifacts, manifest, progress, stubs, ui
 from .manifest import Chapter, Stage
 from .progress import NOT_RUN_YET, Progress
 from .runner import ChapterResult, StageResult, UsageError, resolve_tree, run_stage, select_stages
@@ -43,7 +43,7 @@ from .ui import LiveProgress, status_text, tree_file
 
 COMMANDS = ("status", "watch", "hint", "reset", "solution")
 EXIT_OK = 0
-MARKS = {PASSED: "✓", NOT_RUN_YET: "·", LOCKED: "·"}
+MARKS = ui.MARKS | {NOT_RUN_YET: "·"}  # a stage this tree has not run yet
 
 
 # -- the command line -----------------------------------------------------------------------
