@@ -28,7 +28,7 @@ from . import artifacts
 from .learner import StageRunner, command, grade_stage, run_live, show_artifacts
 from .manifest import Chapter, Stage
 from .progress import Progress
-from .runner import ChapterResult, StageResult, resolve_tree
+from .runner import TREES, ChapterResult, StageResult, resolve_tree
 from .ui import problem_lines
 
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".pyc")
@@ -216,7 +216,7 @@ def watch(
                     continue
                 if max_runs is not None and runs >= max_runs:
                     return 0
-                where = tree if tree in ("exercises", "solutions") else str(folder)
+                where = tree if tree in TREES else str(folder)
                 console.print(
                     Text(
                         f"Watching {where} for changes: save a file to grade '{stage.name}' "
