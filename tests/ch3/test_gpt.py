@@ -117,11 +117,13 @@ def test_parameter_names_follow_gpt2():
         "mlp.c_fc.weight's shape (the MLP is 4 * n_embd wide)",
         "ch3/gpt.py, MLP.__init__",
     )
-    no_bias = tiny(bias=False)
+    got = set(tiny(bias=False).state_dict())
+    expected = expected_keys(TINY["n_layer"], bias=False) | {"lm_head.weight"}
+    missing, extra = sorted(expected - got), sorted(got - expected)
     check(
-        set(no_bias.state_dict())
-        == expected_keys(TINY["n_layer"], bias=False) | {"lm_head.weight"},
-        f"with bias=False no Linear or LayerNorm should have a bias. Look at {INIT}.",
+        not missing and not extra,
+        f"with bias=False no Linear or LayerNorm should have a bias; unexpected {extra[:6]}, "
+        f"missing {missing[:6]}. Look at {INIT}.",
     )
 
 
