@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import manifest
+from grader import cli, manifest
 from grader.manifest import Chapter, Stage
 
 # The fake tree's one module: functions in every state a learner's code can be in.
@@ -143,6 +143,15 @@ def test_stub():
     mod.stub()
 """
 
+FAILING = "\ndef test_wrong():\n    assert mod.wrong() == 1, 'wrong() should give 1, got 2'\n"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``python -m grader ARGV`` in this process: (exit code, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
 
 @pytest.fixture
 def fake_chapter(make_stage, monkeypatch) -> Callable[..., Chapter]:
@@ -154,3 +163,13 @@ def fake_chapter(make_stage, monkeypatch) -> Callable[..., Chapter]:
         return chapter
 
     return install
+
+
+@pytest.fixture
+def three_stages(make_stage, fake_chapter) -> Chapter:
+    """ch9: first passes (10 points), second fails (10), third is not started (20)."""
+    return fake_chapter(
+        make_stage("first", stage_test(PASSING), points=10),
+        make_stage("second", stage_test(FAILING), points=10),
+        make_stage("third", stage_test(NOT_STARTED), points=20),
+    )

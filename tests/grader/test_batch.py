@@ -12,11 +12,9 @@ import pytest
 from grader import batch, cli, manifest
 from grader.runner import REPO_ROOT
 
+from .conftest import FAILING, NOT_STARTED, PASSING, stage_test
 from .conftest import MOD as GOOD_MOD
-from .conftest import NOT_STARTED, PASSING, stage_test
 from .test_robust import fingerprint, make_submission
-
-FAILING = "\ndef test_wrong():\n    assert mod.wrong() == 1, 'wrong() should give 1, got 2'\n"
 
 
 @pytest.fixture

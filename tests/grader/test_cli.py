@@ -8,32 +8,14 @@ import sys
 
 import pytest
 
-from grader import cli, report, runner
+from grader import report, runner
 
-from .conftest import NOT_STARTED, PASSING, stage_test
-
-FAILING = "\ndef test_wrong():\n    assert mod.wrong() == 1, 'wrong() should give 1, got 2'\n"
-
-
-@pytest.fixture
-def three_stages(make_stage, fake_chapter):
-    """ch9: first passes, second fails, third is not started."""
-    return fake_chapter(
-        make_stage("first", stage_test(PASSING), points=10),
-        make_stage("second", stage_test(FAILING), points=10),
-        make_stage("third", stage_test(NOT_STARTED), points=20),
-    )
-
-
-def grade(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from .conftest import PASSING, run_cli, stage_test
 
 
 def test_stops_at_the_first_failure_and_locks_the_rest(three_stages, tree, capsys, tmp_path):
     target = tmp_path / "out" / "report.json"
-    code, out, err = grade(capsys, "ch9", "--tree", str(tree), "--json", str(target))
+    code, out, err = run_cli(capsys, "ch9", "--tree", str(tree), "--json", str(target))
     assert code == 1 and err == ""
     rows = {line.split()[1]: line.split()[2] for line in out.splitlines() if line[:1].isdigit()}
     assert rows == {"first": "passed", "second": "failed", "third": "locked"}
@@ -73,22 +55,22 @@ def test_stops_at_the_first_failure_and_locks_the_rest(three_stages, tree, capsy
 
 
 def test_all_runs_every_stage(three_stages, tree, capsys):
-    code, out, _ = grade(capsys, "ch9", "--all", "--tree", str(tree))
+    code, out, _ = run_cli(capsys, "ch9", "--all", "--tree", str(tree))
     assert code == 1
     assert "not started" in out and "locked" not in out
 
 
 def test_one_stage_by_option_or_by_name(three_stages, tree, capsys, tmp_path):
-    code, out, _ = grade(capsys, "ch9", "--stage", "first", "--tree", str(tree))
+    code, out, _ = run_cli(capsys, "ch9", "--stage", "first", "--tree", str(tree))
     assert code == 0 and "Every stage passed." in out
     assert "second" not in out and "Score: 10 / 10 points" in out
-    code, out, _ = grade(capsys, "grade", "ch9", "--tree", str(tree), "third")
+    code, out, _ = run_cli(capsys, "grade", "ch9", "--tree", str(tree), "third")
     assert code == 1 and "not started: implement stub in ch9/mod.py" in out
 
 
 def test_exit_0_when_every_stage_passes(make_stage, fake_chapter, tree, capsys):
     fake_chapter(make_stage("a", stage_test(PASSING)), make_stage("b", stage_test(PASSING)))
-    code, out, _ = grade(capsys, "ch9", "--tree", str(tree))
+    code, out, _ = run_cli(capsys, "ch9", "--tree", str(tree))
     assert code == 0 and "Score: 20 / 20 points" in out
 
 
@@ -97,7 +79,7 @@ def test_relative_tree_path_is_taken_from_the_current_directory(
 ):
     fake_chapter(make_stage("a", stage_test(PASSING)))
     monkeypatch.chdir(tree.parent)
-    assert grade(capsys, "ch9", "--tree", "tree")[0] == 0
+    assert run_cli(capsys, "ch9", "--tree", "tree")[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -112,14 +94,14 @@ def test_relative_tree_path_is_taken_from_the_current_directory(
     ],
 )
 def test_usage_errors_exit_2_with_one_line(three_stages, capsys, argv, words):
-    code, out, err = grade(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("python -m grader: error: ")
     assert words in err
 
 
 def test_list_shows_chapters_and_stages(three_stages, capsys):
-    code, out, _ = grade(capsys, "list")
+    code, out, _ = run_cli(capsys, "list")
     assert code == 0
     assert "ch9 · The fake chapter" in out
     assert all(name in out for name in ("first", "second", "third"))

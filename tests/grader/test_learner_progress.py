@@ -6,29 +6,11 @@ import json
 
 import pytest
 
-from grader import cli, progress, runner
+from grader import progress, runner
 from grader.progress import Progress
 from grader.runner import StageResult
 
-from .conftest import NOT_STARTED, PASSING, stage_test
-
-FAILING = "\ndef test_wrong():\n    assert mod.wrong() == 1, 'wrong() should give 1, got 2'\n"
-
-
-@pytest.fixture
-def three_stages(make_stage, fake_chapter):
-    """ch9: first passes, second fails, third is not started."""
-    return fake_chapter(
-        make_stage("first", stage_test(PASSING)),
-        make_stage("second", stage_test(FAILING)),
-        make_stage("third", stage_test(NOT_STARTED)),
-    )
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from .conftest import PASSING, run_cli, stage_test
 
 
 def result(name: str, status: str) -> StageResult:
@@ -55,7 +37,7 @@ def test_default_state_dir_is_the_repositorys_git_ignored_grader_folder(monkeypa
 
 def test_a_grading_run_records_each_stage_and_status_reads_it_back(three_stages, tree, capsys):
     before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
-    code, _, _ = run(capsys, "ch9", "--tree", str(tree))
+    code, _, _ = run_cli(capsys, "ch9", "--tree", str(tree))
     assert code == 1
     state = Progress.load(str(tree))
     assert state.status("ch9", "first") == "passed"
@@ -67,7 +49,7 @@ def test_a_grading_run_records_each_stage_and_status_reads_it_back(three_stages,
     data = json.loads(state.path.read_text())
     assert data["schema"] == progress.SCHEMA and data["tree_path"] == str(tree.resolve())
     # ... and `status` reads it back: passed stages, the next one with its last message.
-    code, out, _ = run(capsys, "status", "--tree", str(tree))
+    code, out, _ = run_cli(capsys, "status", "--tree", str(tree))
     assert code == 0
     assert "1/3 stages passed" in out
     rows = {
@@ -110,7 +92,7 @@ def test_a_broken_state_file_is_an_empty_state(tree, text):
 
 
 def test_no_arguments_before_any_run_points_at_the_first_stage(three_stages, capsys):
-    code, out, err = run(capsys)
+    code, out, err = run_cli(capsys)
     assert code == 0 and err == ""
     assert out.count("not run yet") == 3
     assert "0/3 stages passed" in out
@@ -128,10 +110,10 @@ def test_status_when_everything_passed(make_stage, fake_chapter, capsys):
     state = Progress.load()
     state.record_stage(result("only", "passed"))
     state.save()
-    code, out, _ = run(capsys)
+    code, out, _ = run_cli(capsys)
     assert code == 0 and "Every stage of every chapter passed" in out and "Next:" not in out
 
 
 def test_status_of_a_missing_tree_is_a_usage_error(three_stages, capsys):
-    code, out, err = run(capsys, "status", "--tree", "/no/such/tree")
+    code, out, err = run_cli(capsys, "status", "--tree", "/no/such/tree")
     assert code == 2 and out == "" and "does not exist" in err and err.count("\n") == 1
