@@ -29,10 +29,11 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .guard import BLOCKED_IMPORTS
 from .manifest import Chapter
 from .runner import ChapterResult
 
-GRADER_PACKAGES = frozenset({"solutions", "exercises", "grader", "tests"})
+GRADER_PACKAGES = BLOCKED_IMPORTS  # the same packages the run-time guard refuses
 PYTEST_PACKAGES = frozenset({"_pytest", "pluggy"})
 PATCHED_MODULES = frozenset({"pytest", "_pytest", "pluggy", "builtins"})
 CONFIG_FILES = frozenset(
