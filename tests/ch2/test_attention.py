@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from tests.ch2.oracles import copy_attention, key_padding, submodule, unpack_attention
-from tests.helpers import check, check_close, check_equal, check_shape
+from tests.helpers import check, check_close, check_equal, check_raises, check_shape
 from tests.tree import load
 
 attention = load("ch2.attention")
@@ -76,9 +76,10 @@ def test_sdpa_fully_masked_query_gives_zeros():
 def test_sdpa_rejects_non_boolean_mask():
     """A float or integer mask is an error (TypeError), not silently reinterpreted."""
     q = torch.randn(1, 3, 4)
-    with pytest.raises(TypeError):
+    where = "ch2/attention.py, scaled_dot_product_attention"
+    with check_raises(TypeError, "a float mask", where):
         attention.scaled_dot_product_attention(q, q, q, torch.ones(3, 3))
-    with pytest.raises(TypeError):
+    with check_raises(TypeError, "an integer mask", where):
         attention.scaled_dot_product_attention(q, q, q, torch.ones(3, 3, dtype=torch.long))
 
 
@@ -116,7 +117,9 @@ def test_padding_mask():
 
 def test_mha_rejects_heads_that_do_not_divide_d_model():
     """MultiHeadAttention(d_model=10, n_heads=4) raises ValueError."""
-    with pytest.raises(ValueError):
+    with check_raises(
+        ValueError, "MultiHeadAttention(10, 4)", "ch2/attention.py, MultiHeadAttention.__init__"
+    ):
         attention.MultiHeadAttention(10, 4)
 
 

@@ -17,7 +17,7 @@ from tests.ch2.oracles import (
     randomize_layernorm,
     submodule,
 )
-from tests.helpers import check, check_close, check_equal, check_shape
+from tests.helpers import check, check_close, check_equal, check_raises, check_shape
 from tests.tree import load
 
 block = load("ch2.block")
@@ -73,7 +73,11 @@ def test_positional_encoding_closed_form():
 
 def test_positional_encoding_rejects_odd_d_model():
     """An odd d_model raises ValueError (sines and cosines come in pairs)."""
-    with pytest.raises(ValueError):
+    with check_raises(
+        ValueError,
+        "sinusoidal_positional_encoding(10, 7)",
+        "ch2/block.py, sinusoidal_positional_encoding",
+    ):
         block.sinusoidal_positional_encoding(10, 7)
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from tests.ch2.oracles import submodule
-from tests.helpers import check, check_close, check_shape, fail
+from tests.helpers import check, check_close, check_raises, check_shape, fail
 from tests.tree import load
 
 transformer = load("ch2.transformer")
@@ -57,7 +56,11 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_rejects_heads_that_do_not_divide_d_model():
     """Transformer(d_model=30, n_heads=4) raises ValueError."""
-    with pytest.raises(ValueError):
+    with check_raises(
+        ValueError,
+        "Transformer(d_model=30, n_heads=4)",
+        "ch2/transformer.py, Transformer.__init__ (and the MultiHeadAttention it builds)",
+    ):
         transformer.Transformer(SRC_V, TGT_V, 30, 4, 1, 64, 12)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import check, check_close, check_equal, fail
+from tests.helpers import check, check_close, check_equal, check_raises, fail
 from tests.tree import load
 
 gpt = load("ch3.gpt")
@@ -363,9 +363,11 @@ def test_errors():
     """A sequence longer than block_size and n_embd not divisible by n_head raise ValueError."""
     model = tiny()
     too_long = torch.zeros(1, TINY["block_size"] + 1, dtype=torch.long)
-    with pytest.raises(ValueError, match="block_size"):
+    with check_raises(ValueError, "a sequence longer than block_size", FORWARD, match="block_size"):
         model(too_long)
-    with pytest.raises(ValueError):
+    with check_raises(
+        ValueError, "GPT(n_embd=32, n_head=3)", "ch3/gpt.py, GPTConfig or GPT.__init__"
+    ):
         gpt.GPT(vocab_size=50, block_size=16, n_layer=1, n_head=3, n_embd=32)
     logits, _ = model(too_long[:, : TINY["block_size"]])
     check_equal(
@@ -425,5 +427,7 @@ def test_from_hf_state_dict_round_trip(prefix):
     )
     broken = dict(hf)
     broken.pop(f"{prefix}h.1.mlp.c_fc.weight")
-    with pytest.raises(ValueError):
+    with check_raises(
+        ValueError, "a state dict with a missing weight", "ch3/gpt.py, GPT.from_hf_state_dict"
+    ):
         gpt.GPT.from_hf_state_dict(broken, n_head=TINY["n_head"])

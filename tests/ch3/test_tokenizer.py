@@ -12,7 +12,7 @@ import pytest
 import regex
 
 from tests.ch3.gpt2_format import gpt2_bytes_to_unicode, write_vocab_and_merges
-from tests.helpers import check, check_equal, fail
+from tests.helpers import check, check_equal, check_raises, fail
 from tests.tree import load
 
 tok = load("ch3.tokenizer")
@@ -149,14 +149,14 @@ def test_simple_round_trip_and_unknown_character():
     t = tok.SimpleTokenizer(text)
     for s in (text, text[100:150], ""):
         check_equal(t.decode(t.encode(s)), s, "decode(encode(s))", SIMPLE)
-    with pytest.raises(ValueError) as err:
+    with check_raises(ValueError, "encode('cat Ω') (Ω is not in the vocabulary)", SIMPLE) as err:
         t.encode("cat Ω")
     check(
         "Ω" in str(err.value),
         f"encode('cat Ω') should raise a ValueError naming 'Ω', got {str(err.value)!r}. "
         f"Look at {SIMPLE}.encode.",
     )
-    with pytest.raises(ValueError):
+    with check_raises(ValueError, "decode([vocab_size]) (an id outside the vocabulary)", SIMPLE):
         t.decode([t.vocab_size])
 
 
@@ -374,7 +374,11 @@ def test_special_tokens_whole_and_never_merged():
 
 def test_decode_unknown_id_and_broken_utf8(trained):
     """decode raises ValueError for an unknown id and shows half a character as U+FFFD."""
-    with pytest.raises(ValueError):
+    with check_raises(
+        ValueError,
+        "decode of an id outside the vocabulary",
+        "ch3/tokenizer.py, BPETokenizer.decode",
+    ):
         trained.decode([trained.vocab_size + 5])
     ids = trained.encode("日")  # three bytes
     first_byte = [trained.byte_ids["日".encode()[0]]]
