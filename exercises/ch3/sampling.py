@@ -96,9 +96,11 @@ def generate(
     model.eval()
     idx = idx.long()
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-    # TODO: write this part yourself.
-    raise NotImplementedError(
-        "ch3 stage 'sampling' not started: implement generate in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
-    )
-    model.train(was_training)
+    try:
+        # TODO: write this part yourself.
+        raise NotImplementedError(
+            "ch3 stage 'sampling' not started: implement generate in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+        )
+    finally:
+        model.train(was_training)  # even if the model raised
     return idx

@@ -124,23 +124,25 @@ def generate(
     model.eval()
     idx = idx.long()
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-    # BEGIN SOLUTION
-    for _ in range(max_new_tokens):
-        context = idx[:, -block_size:]  # (B, <=block_size)
-        logits, _ = model(context)
-        logits = logits[:, -1, :].float()  # (B, V)
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-        else:
-            logits = filter_logits(logits / temperature, top_k, top_p)
-            probs = torch.softmax(logits, dim=-1)
-            next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-        if eos_id is not None:
-            next_id[finished] = eos_id  # rows that already ended stay ended
-            finished |= next_id[:, 0] == eos_id
-        idx = torch.cat([idx, next_id], dim=1)
-        if eos_id is not None and bool(finished.all()):
-            break
-    # END SOLUTION
-    model.train(was_training)
+    try:
+        # BEGIN SOLUTION
+        for _ in range(max_new_tokens):
+            context = idx[:, -block_size:]  # (B, <=block_size)
+            logits, _ = model(context)
+            logits = logits[:, -1, :].float()  # (B, V)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = filter_logits(logits / temperature, top_k, top_p)
+                probs = torch.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            if eos_id is not None:
+                next_id[finished] = eos_id  # rows that already ended stay ended
+                finished |= next_id[:, 0] == eos_id
+            idx = torch.cat([idx, next_id], dim=1)
+            if eos_id is not None and bool(finished.all()):
+                break
+        # END SOLUTION
+    finally:
+        model.train(was_training)  # even if the model raised
     return idx

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import check, check_equal, fail
+from tests.helpers import check, check_equal, check_raises, fail
 from tests.tree import load
 
 sampling = load("ch3.sampling")
@@ -311,3 +311,24 @@ def test_top_p_nucleus_is_chosen_row_by_row():
             f"with top_p=0.75 on the rows that start with token {row}",
             f"{WHERE} (sort, cumulative sum and mask each row separately, then scatter back)",
         )
+
+
+class Boom(Exception):
+    """An error only the fake model below raises."""
+
+
+def test_train_mode_comes_back_when_the_model_raises():
+    """A model that raises mid-generation is still put back in training mode."""
+
+    class Exploding(FixedLogits):
+        def forward(self, idx, targets=None):
+            raise Boom("the model failed")
+
+    model = Exploding(LOGITS).train()
+    with check_raises(Boom, "generate with a model that raises", WHERE):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 3)
+    check(
+        model.training,
+        f"generate left the model in eval mode after the model raised: restore its mode in a "
+        f"try/finally. Look at {WHERE}.",
+    )
