@@ -229,6 +229,12 @@ def test_learn_merges_matches_naive_recount(seed):
         )
 
 
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
 def test_learn_merges_is_incremental():
     """Training on one long sequence costs far less than one full recount per merge."""
     rng = random.Random(0)
@@ -236,14 +242,18 @@ def test_learn_merges_is_incremental():
     words = ["".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(2000)]
     text = " ".join(rng.choices(words, k=30_000))
     ids = tuple(text.encode("utf-8"))
-    # One pass over the sequence, for scale (machines and loads differ).
-    start = time.perf_counter()
-    for _ in range(5):
-        ref_merge(list(ids), (107, 97), 256)
-    one_pass = (time.perf_counter() - start) / 5
-    start = time.perf_counter()
-    merges = tok.learn_merges({ids: 1}, 400)
-    elapsed = time.perf_counter() - start
+    # One pass over the sequence, for scale (machines and loads differ). Each side keeps its
+    # fastest run, so a burst of load on a shared machine cannot make a correct trainer fail.
+    one_pass = min(_seconds(lambda: ref_merge(list(ids), (107, 97), 256)) for _ in range(5))
+    merges: dict = {}
+
+    def train() -> None:
+        merges.clear()
+        merges.update(tok.learn_merges({ids: 1}, 400))
+
+    elapsed = _seconds(train)
+    if elapsed >= 60 * one_pass:  # only a slow first run pays for a second look
+        elapsed = min(elapsed, _seconds(train))
     check_equal(len(merges), 400, "number of merges learned", LEARN)
     check(
         elapsed < 60 * one_pass,
