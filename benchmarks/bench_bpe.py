@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pattern", action="store_true", help="also time pattern=None")
     args = parser.parse_args(argv)
     os.environ["LLMFS_TREE"] = args.tree
-    from tests.tree import load
+    from grader.tree import load
 
     tokenizer = load("ch3.tokenizer")
     patterns = [("GPT-2", tokenizer.GPT2_PATTERN)] + ([("none", None)] if args.no_pattern else [])

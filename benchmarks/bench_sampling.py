@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LLMFS_TREE"] = args.tree
     import torch
 
-    from tests.tree import load
+    from grader.tree import load
 
     corpus, tok_mod = load("ch3.corpus"), load("ch3.tokenizer")
     gpt_mod, sampling = load("ch3.gpt"), load("ch3.sampling")

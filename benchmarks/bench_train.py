@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LLMFS_TREE"] = args.tree
     import torch
 
-    from tests.tree import load
+    from grader.tree import load
 
     corpus, tok_mod = load("ch3.corpus"), load("ch3.tokenizer")
     gpt_mod, data_mod, trainer_mod = load("ch3.gpt"), load("ch3.data"), load("ch3.trainer")

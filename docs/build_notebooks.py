@@ -66,7 +66,7 @@ The grader checks the same things more thoroughly: `python -m grader ch2`.""",
 attention = importlib.import_module(f"{TREE}.ch2.attention")
 block = importlib.import_module(f"{TREE}.ch2.block")
 transformer = importlib.import_module(f"{TREE}.ch2.transformer")
-task = importlib.import_module("tests.ch2.task")  # the digits-to-words task (project code)""",
+task = importlib.import_module("grader.tasks.ch2")  # the digits-to-words task (project code)""",
         ),
     ),
     (
@@ -221,7 +221,7 @@ print(tuple(logits.shape), "step-by-step == teacher forcing:", agree)""",
         """\
 ## 2.5 Training on digits to words
 
-A short run of the e2e stage's training loop (`tests/ch2/task.py`). The grader trains for 1,200
+A short run of the e2e stage's training loop (`grader/tasks/ch2.py`). The grader trains for 1,200
 steps and asks for 90% exact match on held-out numbers; 200 steps already show the idea.""",
     ),
     (

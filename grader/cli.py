@@ -13,7 +13,8 @@ import sys
 from . import batch, learner, manifest
 from .formats import write_gradescope, write_junit
 from .report import write_json
-from .runner import UsageError, grade, resolve_tree, select_stages
+from .runner import grade, select_stages
+from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, make_console, render, render_list
 
 COMMANDS = ("grade", "list", "batch", *learner.COMMANDS)

@@ -44,7 +44,7 @@ WATCHED = (
     "_pytest.main",
     "pluggy",
     "tests.helpers",
-    "tests.tree",
+    "grader.tree",
     "grader.plugin",
 )
 _WATCHED_SET = frozenset(WATCHED)
@@ -219,7 +219,7 @@ class _Finder:
 
 def _tree() -> Path | None:
     try:
-        from tests.tree import tree_path
+        from grader.tree import tree_path
     except ImportError:
         return None
     return tree_path()

@@ -12,7 +12,7 @@ Commands (wired into :mod:`grader.cli`)::
 Everything reads and writes the saved progress of :mod:`grader.progress`; nothing here runs a
 test except ``solution --rerun`` and ``watch`` (through :mod:`grader.runner`). A request the grader
 will not serve (an unknown stage, ``reset`` without confirmation, ``solution`` before the stage
-passes) raises :class:`~grader.runner.UsageError`: one line on stderr, exit code 2.
+passes) raises :class:`~grader.tree.UsageError`: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from rich.text import Text
 from . import artifacts, manifest, progress, stubs, ui
 from .manifest import Chapter, Stage
 from .progress import NOT_RUN_YET, Progress
-from .runner import ChapterResult, StageResult, UsageError, resolve_tree, run_stage, select_stages
+from .runner import ChapterResult, StageResult, run_stage, select_stages
 from .statuses import LOCKED, PASSED
 from .stubs import BEGIN, END, STUB
+from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, status_text, tree_file
 
 COMMANDS = ("status", "watch", "hint", "reset", "solution")

@@ -99,7 +99,7 @@ CH2 = Chapter(
             hints=(
                 "Every earlier stage passes but the model does not learn? Check that dropout is "
                 "off in eval mode and that padding is masked in both encoder and decoder.",
-                "The data and the training loop are the project's (tests/ch2/task.py): train and "
+                "The data and the training loop are the project's (grader/tasks/ch2.py): train and "
                 "translate by hand with them to watch the loss and the outputs of your model.",
             ),
             points=20,

@@ -55,12 +55,12 @@ _TIMEOUT_PREFIX = "Timeout (>"  # pytest-timeout's message, signal method
 _MAX_MESSAGE = 600
 _OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "not enough memory")
 HIDDEN_ENV = "GRADER_HIDDEN"  # "1": run the tests marked hidden (an instructor's run)
-PACKAGE = "llm_tree"  # the name tests/tree.py imports the tree under
+PACKAGE = "llm_tree"  # the name grader/tree.py imports the tree under
 
 
 def _tree_root() -> Path | None:
     try:
-        from tests.tree import tree_path
+        from grader.tree import tree_path
     except ImportError:  # the plugin used outside this repository
         value = os.environ.get("LLMFS_TREE")
         return Path(value).resolve() if value else None

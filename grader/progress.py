@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Chapter, Stage
-from .runner import REPO_ROOT, StageResult, resolve_tree
+from .runner import StageResult
 from .statuses import LOCKED, PASSED
+from .tree import REPO_ROOT, resolve_tree
 
 SCHEMA = "llmfs-progress/1"
 STATE_ENV = "GRADER_STATE_DIR"

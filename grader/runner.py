@@ -4,7 +4,7 @@ Each stage runs in its own subprocess::
 
     python -m pytest <stage.tests> -p grader.plugin -p pytest_timeout --timeout=<stage.test_timeout>
 
-with ``LLMFS_TREE`` naming the tree (see ``tests/tree.py``), the repository root as working
+with ``LLMFS_TREE`` naming the tree (see ``grader/tree.py``), the repository root as working
 directory, and ``stage.time_limit`` enforced here: past it, the whole process group is killed.
 The plugin (``grader/plugin.py``) streams one JSON line per test to a file; this module reads it
 while the stage runs (for progress) and after it ends (for the result), so a process that hangs,
@@ -49,15 +49,9 @@ from .statuses import (
     SKIPPED,
     TIMED_OUT,
 )
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TREES = ("exercises", "solutions")
+from .tree import REPO_ROOT, UsageError, resolve_tree
 
 _LOG_TAIL = 4000  # characters of the subprocess's output kept for diagnosis
-
-
-class UsageError(ValueError):
-    """A request the grader cannot serve (unknown chapter or stage, missing tree): exit 2."""
 
 
 @dataclass(frozen=True)
@@ -210,25 +204,6 @@ class Sandbox:
     env: Mapping[str, str] = field(default_factory=dict)
     prefix: tuple[str, ...] = ()
     pytest_args: tuple[str, ...] = ()
-
-
-# -- trees ----------------------------------------------------------------------------------
-
-
-def resolve_tree(tree: str | os.PathLike[str]) -> tuple[str, Path]:
-    """``(value for LLMFS_TREE, folder)`` for ``exercises``, ``solutions`` or a path.
-
-    A relative path is taken from the current directory (the stage runs from the repository
-    root, so it gets the absolute path). Raises :class:`UsageError` when the folder is missing.
-    """
-    text = os.fspath(tree)
-    if text in TREES:
-        return text, REPO_ROOT / text
-    path = Path(text).expanduser().resolve()
-    if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise UsageError(f"tree {text!r} {what} (give exercises, solutions or a folder path)")
-    return str(path), path
 
 
 # -- one stage ------------------------------------------------------------------------------

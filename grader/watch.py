@@ -28,7 +28,8 @@ from . import artifacts
 from .learner import StageRunner, command, grade_stage, run_live, show_artifacts
 from .manifest import Chapter, Stage
 from .progress import Progress
-from .runner import TREES, ChapterResult, StageResult, resolve_tree
+from .runner import ChapterResult, StageResult
+from .tree import TREES, resolve_tree
 from .ui import problem_lines
 
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".pyc")

@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from grader.tree import load
 from tests.ch2.oracles import copy_attention, key_padding, submodule, unpack_attention
 from tests.helpers import check, check_close, check_equal, check_raises, check_shape
-from tests.tree import load
 
 attention = load("ch2.attention")
 

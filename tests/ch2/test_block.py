@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from grader.tree import load
 from tests.ch2.oracles import (
     copy_attention,
     copy_weight_and_bias,
@@ -18,7 +19,6 @@ from tests.ch2.oracles import (
     submodule,
 )
 from tests.helpers import check, check_close, check_equal, check_raises, check_shape
-from tests.tree import load
 
 block = load("ch2.block")
 attention = load("ch2.attention")

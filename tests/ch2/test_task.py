@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ch2 import task
+from grader.tasks import ch2 as task
 
 
 @pytest.mark.parametrize(

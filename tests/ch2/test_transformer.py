@@ -10,9 +10,9 @@ import math
 
 import torch
 
+from grader.tree import load
 from tests.ch2.oracles import submodule
 from tests.helpers import check, check_close, check_raises, check_shape, fail
-from tests.tree import load
 
 transformer = load("ch2.transformer")
 attention = load("ch2.attention")

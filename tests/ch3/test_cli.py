@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
+from grader.tree import REPO_ROOT, load
 from tests.ch3.gpt2_format import gpt2_bytes_to_unicode, write_vocab_and_merges
-from tests.tree import REPO_ROOT, load
 
 st = load("ch3.safetensors_io")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from grader.tree import load
 from tests.helpers import check, check_equal, fail
-from tests.tree import load
 
 data = load("ch3.data")
 

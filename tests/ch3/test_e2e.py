@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from grader import artifacts
-from tests.ch3 import _train_e2e as recipe
+from grader.tasks import ch3 as recipe
+from grader.tree import REPO_ROOT, load
 from tests.helpers import check, check_equal
-from tests.tree import REPO_ROOT, load
 
 ALL = "ch3/tokenizer.py, gpt.py, data.py, trainer.py and sampling.py (all earlier stages pass?)"
 
@@ -103,7 +103,7 @@ def test_checkpoint_reloads_in_a_fresh_process(trained, tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.ch3._train_e2e", str(path), "a little ", "11", "80"],
+        [sys.executable, "-m", "grader.tasks.ch3", str(path), "a little ", "11", "80"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

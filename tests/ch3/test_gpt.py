@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from grader.tree import load
 from tests.helpers import check, check_close, check_equal, check_raises, fail
-from tests.tree import load
 
 gpt = load("ch3.gpt")
 

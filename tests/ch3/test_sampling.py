@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from grader.tree import load
 from tests.helpers import check, check_equal, check_raises, fail
-from tests.tree import load
 
 sampling = load("ch3.sampling")
 generate = sampling.generate

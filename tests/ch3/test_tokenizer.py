@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 import regex
 
+from grader.tree import load
 from tests.ch3.gpt2_format import gpt2_bytes_to_unicode, write_vocab_and_merges
 from tests.helpers import check, check_equal, check_raises, fail
-from tests.tree import load
 
 tok = load("ch3.tokenizer")
 

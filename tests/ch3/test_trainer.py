@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from grader.tree import load
 from tests.helpers import check, check_close, check_equal, fail
-from tests.tree import load
 
 trainer_mod = load("ch3.trainer")
 GPTTrainer = trainer_mod.GPTTrainer

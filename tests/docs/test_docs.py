@@ -4,7 +4,7 @@ what their builder writes, and the numbers quoted in the prose are what the code
 
 These tests import ``solutions`` by name on purpose: the docs teach the reference (a learner
 switches the notebooks to ``exercises`` by hand), so they are not stage tests and do not go
-through ``tests.tree``.
+through ``grader.tree``.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def test_numbers_quoted_in_the_text_match_the_code():
     n_gpt2, n_small = _gpt_params(**gpt2), _gpt_params(**small)
     n_corpus_small = _gpt_params(**{**small, "vocab_size": stats["vocab"]})
     blocks_small = n_small - (1000 + 64) * 128 - 2 * 128
-    from tests.ch2.task import TrainConfig
+    from grader.tasks.ch2 import TrainConfig
 
     e2e = TrainConfig()
     quoted = {
@@ -242,10 +242,10 @@ def _bench_constants(name: str) -> dict:
 def test_stage_settings_quoted_in_the_text_match_the_tests():
     """The e2e stages' sizes and thresholds, the command line's defaults and the benchmarks'
     configuration, as the prose states them, are what the tests and scripts use."""
+    from grader.tasks import ch2 as task
+    from grader.tasks import ch3 as recipe
     from solutions.ch3.cli import CONFIGS, build_parser
     from solutions.ch3.corpus import generate_corpus
-    from tests.ch2 import task
-    from tests.ch3 import _train_e2e as recipe
 
     e2e2 = task.TrainConfig()
     baseline = recipe.unigram_baseline(generate_corpus(recipe.N_SENTENCES))
@@ -258,8 +258,8 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
             ("tests/ch2/test_e2e.py", "end < 0.1", "must be below 0.1"),
             ("tests/ch2/test_e2e.py", "sum(losses[-50:]) / 50", "averaged over the last 50 steps"),
             ("tests/ch2/test_e2e.py", "accuracy >= 0.9", "at least 90% of the"),
-            ("tests/ch2/task.py", "betas=(0.9, 0.98)", "betas 0.9 and 0.98"),
-            ("tests/ch2/task.py", "clip_grad_norm_(model.parameters(), 1.0)", "norm to 1.0"),
+            ("grader/tasks/ch2.py", "betas=(0.9, 0.98)", "betas 0.9 and 0.98"),
+            ("grader/tasks/ch2.py", "clip_grad_norm_(model.parameters(), 1.0)", "norm to 1.0"),
             (None, None, f"$d_\\text{{model}} = {e2e2.d_model}$, {e2e2.n_heads} heads"),
             (None, None, f"{e2e2.n_layers} layers, $d_\\text{{ff}} = {e2e2.d_ff}$"),
             (None, None, f"batch of {e2e2.batch_size} numbers"),
@@ -272,7 +272,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
             ("tests/ch3/test_e2e.py", "val_loss < 0.5 * baseline", "below **half the unigram"),
             ("tests/ch3/test_e2e.py", "rate >= 0.9", "at least 90% of the words"),
             ("tests/ch3/test_e2e.py", '"the ", seed, 300)', "three samples of 300 characters"),
-            ("tests/ch3/_train_e2e.py", "temperature: float = 0.8", "At temperature 0.8"),
+            ("grader/tasks/ch3.py", "temperature: float = 0.8", "At temperature 0.8"),
             (None, None, f"{model['n_layer']} layers, {model['n_head']} heads, "),
             (None, None, f"{model['n_embd']} wide, block {recipe.BLOCK_SIZE})"),
             (None, None, f"for {train['max_steps']} steps"),

@@ -115,7 +115,7 @@ def tree(tmp_path: Path) -> Path:
 
 def stage_test(body: str) -> str:
     """A stage test file that imports the fake module the way real stage tests do."""
-    return "from tests.tree import load\n\nmod = load('ch9.mod')\n\n" + textwrap.dedent(body)
+    return "from grader.tree import load\n\nmod = load('ch9.mod')\n\n" + textwrap.dedent(body)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from grader import batch, integrity
 from grader.manifest import Chapter
-from grader.runner import REPO_ROOT
+from grader.tree import REPO_ROOT
 
 from .conftest import make_stage_at, write
 from .test_robust import OTHER, STAGE_TESTS, make_submission
@@ -31,10 +31,10 @@ CHEATERS = {
         "imports solutions (the grader's solutions/)",  # the package first, refused
     ),
     "reads_the_tests": (
-        "import sys\n\ndef value():\n    path = sys.modules['te' + 'sts.tree'].__file__\n"
+        "import sys\n\ndef value():\n    path = sys.modules['gra' + 'der.tree'].__file__\n"
         "    open(path).read()\n    return 1\n" + OTHER,
         {},
-        "opens tests/tree.py",
+        "opens grader/tree.py",
     ),
     "patches_pytest": (
         "import sys\n\ndef value():\n    sys.modules['py' + 'test'].approx = None\n"

@@ -10,7 +10,8 @@ import pytest
 
 from grader import learner, progress, stubs
 from grader.progress import Progress
-from grader.runner import REPO_ROOT, StageResult
+from grader.runner import StageResult
+from grader.tree import REPO_ROOT
 
 from .conftest import PASSING, run_cli, stage_test, write
 

@@ -18,7 +18,7 @@ from .conftest import make_stage_at, write
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX limits and signals")
 
 STAGE_TESTS = """
-from tests.tree import load
+from grader.tree import load
 
 mod = load("ch9.mod")
 

@@ -1,4 +1,4 @@
-"""The one switch that binds the tests to a tree of code.
+"""The one switch that binds the tests to a tree of code, and the one place a tree is resolved.
 
 Every stage test imports the learner's (or the reference) modules through :func:`load`, never by a
 fixed package name, so the same tests grade ``solutions/``, ``exercises/`` or any copy of the
@@ -26,10 +26,33 @@ ENV_VAR = "LLMFS_TREE"
 PACKAGE = "llm_tree"
 
 
+TREES = ("exercises", "solutions")  # the repository's own trees, named without a path
+
+
+class UsageError(ValueError):
+    """A request the grader cannot serve (unknown chapter or stage, missing tree): exit 2."""
+
+
+def resolve_tree(tree: str | os.PathLike[str]) -> tuple[str, Path]:
+    """``(value for LLMFS_TREE, folder)`` for ``exercises``, ``solutions`` or a path.
+
+    A relative path is taken from the current directory (the stage runs from the repository
+    root, so it gets the absolute path). Raises :class:`UsageError` when the folder is missing.
+    """
+    text = os.fspath(tree)
+    if text in TREES:
+        return text, REPO_ROOT / text
+    path = Path(text).expanduser().resolve()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise UsageError(f"tree {text!r} {what} (give exercises, solutions or a folder path)")
+    return str(path), path
+
+
 def tree_path(value: str | None = None) -> Path:
     """The folder the tests grade: ``solutions``, ``exercises`` or a path (see module docstring)."""
     value = value if value is not None else os.environ.get(ENV_VAR, "solutions")
-    if value in ("solutions", "exercises"):
+    if value in TREES:
         return REPO_ROOT / value
     return Path(value).expanduser().resolve()
 
@@ -37,7 +60,7 @@ def tree_path(value: str | None = None) -> Path:
 def tree_name() -> str:
     """A short name for messages: ``solutions``, ``exercises`` or the folder's path."""
     value = os.environ.get(ENV_VAR, "solutions")
-    return value if value in ("solutions", "exercises") else str(tree_path(value))
+    return value if value in TREES else str(tree_path(value))
 
 
 def _ensure_package() -> None:

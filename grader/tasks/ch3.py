@@ -1,6 +1,6 @@
 """The end-to-end recipe of stage ch3 'e2e', shared by the test and by its fresh-process reload.
 
-``python -m tests.ch3._train_e2e CHECKPOINT PROMPT SEED N`` loads the checkpoint with the tree
+``python -m grader.tasks.ch3 CHECKPOINT PROMPT SEED N`` loads the checkpoint with the tree
 chosen by LLMFS_TREE and prints, as JSON, the text that :func:`sample` generates: the test
 compares it with the text generated before saving.
 """
@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from tests.tree import load
+from grader.tree import load
 
 # A small GPT learns the built-in grammar (spelling and word order) in a few hundred steps: about
 # 10 s on 2 idle CPU cores for the reference.
