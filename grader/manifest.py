@@ -62,7 +62,7 @@ CH2 = Chapter(
             title="LayerNorm, positions, feed-forward, encoder and decoder blocks",
             tests="tests/ch2/test_block.py",
             files=("ch2/block.py",),
-            doc="docs/chapter02/2_3_other_parts.md",
+            doc="docs/chapter02/2_3_block.md",
             hints=(
                 "LayerNorm normalises over the last dimension with the biased variance "
                 "(unbiased=False), then scales by weight and shifts by bias.",
@@ -76,7 +76,7 @@ CH2 = Chapter(
             title="The encoder-decoder, greedy decoding and beam search",
             tests="tests/ch2/test_transformer.py",
             files=("ch2/transformer.py",),
-            doc="docs/chapter02/2_4_encoder_decoder.md",
+            doc="docs/chapter02/2_4_transformer.md",
             hints=(
                 "encode embeds the source (scaled by sqrt(d_model)) plus sinusoidal positions, then "
                 "runs the encoder blocks with a padding mask on the source; initialise both "
@@ -95,7 +95,7 @@ CH2 = Chapter(
             title="Train your Transformer to translate digits into words",
             tests="tests/ch2/test_e2e.py",
             files=("ch2/attention.py", "ch2/block.py", "ch2/transformer.py"),
-            doc="docs/chapter02/2_5_training_and_decoding.md",
+            doc="docs/chapter02/2_5_e2e.md",
             hints=(
                 "Every earlier stage passes but the model does not learn? Check that dropout is "
                 "off in eval mode and that padding is masked in both encoder and decoder.",
@@ -118,7 +118,7 @@ CH3 = Chapter(
             title="Character and byte-level BPE tokenizers",
             tests="tests/ch3/test_tokenizer.py",
             files=("ch3/tokenizer.py",),
-            doc="docs/chapter03/3_2_tokenizers.md",
+            doc="docs/chapter03/3_2_tokenizer.md",
             hints=(
                 "SimpleTokenizer: sorted(set(text)) gives a stable vocabulary; keep two dicts, "
                 "char->id and id->char, and raise ValueError naming a character not in the first.",
@@ -138,7 +138,7 @@ CH3 = Chapter(
             title="The GPT-2 model",
             tests="tests/ch3/test_gpt.py",
             files=("ch3/gpt.py",),
-            doc="docs/chapter03/3_1_gpt_overview.md",
+            doc="docs/chapter03/3_4_gpt.md",
             hints=(
                 "Token embedding + learned position embedding, n_layer pre-LN blocks, a final "
                 "LayerNorm, and an LM head that shares its weight with the token embedding: "
@@ -157,7 +157,7 @@ CH3 = Chapter(
             title="Datasets and loaders without leakage",
             tests="tests/ch3/test_data.py",
             files=("ch3/data.py",),
-            doc="docs/chapter03/3_3_training.md",
+            doc="docs/chapter03/3_5_data.md",
             hints=(
                 "Split the token stream first, then cut windows inside each split: a window that "
                 "crosses the split point leaks validation tokens into training.",
@@ -172,7 +172,7 @@ CH3 = Chapter(
             title="AdamW, warm-up and cosine, clipping, accumulation, checkpoints",
             tests="tests/ch3/test_trainer.py",
             files=("ch3/trainer.py",),
-            doc="docs/chapter03/3_3_training.md",
+            doc="docs/chapter03/3_6_trainer.md",
             hints=(
                 "get_lr: linear warm-up from 0 to the peak over warmup_steps, then cosine decay to "
                 "min_lr at max_steps.",
@@ -191,7 +191,7 @@ CH3 = Chapter(
             title="Temperature, top-k and top-p sampling",
             tests="tests/ch3/test_sampling.py",
             files=("ch3/sampling.py",),
-            doc="docs/chapter03/3_3_training.md",
+            doc="docs/chapter03/3_7_sampling.md",
             hints=(
                 "Crop the context to the last block_size tokens, take the last position's logits, "
                 "divide by the temperature, sample, append, repeat.",
@@ -211,7 +211,7 @@ CH3 = Chapter(
                 "ch3/trainer.py",
                 "ch3/sampling.py",
             ),
-            doc="docs/chapter03/3_3_training.md",
+            doc="docs/chapter03/3_8_e2e.md",
             hints=(
                 "Every earlier stage passes but the loss stays high? Check the learning-rate "
                 "schedule reaches the optimizer and that the LM head is tied to the embedding.",

@@ -33,6 +33,7 @@ END = "# END SOLUTION"
 STUB = "# STUB"
 LINE_LENGTH = 100  # [tool.ruff] line-length in pyproject.toml
 _DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+(\w+)")
+_HEADING = re.compile(r"^#{2,3} (.+)$")  # the sections a "read" can point into
 
 
 class MarkerError(ValueError):
@@ -53,13 +54,71 @@ def _owner(lines: list[str], index: int, indent: int) -> str:
     return ".".join(reversed(names)) or "this function"
 
 
+def heading_anchors(markdown: str) -> dict[str, str]:
+    """``{anchor: heading text}`` for the ``##`` and ``###`` headings of a Markdown text, with
+    GitHub's anchors: lower case, punctuation other than ``-`` and ``_`` dropped, each space a
+    ``-``, and ``-1``, ``-2``... after a repeated anchor. Fenced code blocks hold no headings."""
+    anchors: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else _HEADING.match(line)
+        if match is None:
+            continue
+        text = match.group(1).strip()
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors[f"{slug}-{count}" if count else slug] = text
+    return anchors
+
+
+def _words(name: str) -> list[str]:
+    """``scaled_dot_product_attention`` and ``MultiHeadAttention`` as lower-case words."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3 \2\4", name)
+    return re.findall(r"[a-z0-9]+", spaced.lower())
+
+
+def _names(heading: str, name: str, code_only: bool) -> bool:
+    """Whether ``heading`` names ``name``: as code (`` `name` ``), or, unless ``code_only``, in
+    its words outside code (``Multi-head attention`` names ``MultiHeadAttention``)."""
+    if f"`{name}`" in heading:
+        return True
+    words, want = _words(re.sub(r"`[^`]*`", " ", heading)), _words(name)
+    return not code_only and any(
+        words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1)
+    )
+
+
+def read_target(doc: str, owner: str) -> str:
+    """Where a stub of ``owner`` (``GPTTrainer.get_lr``) sends the learner: ``doc#anchor`` for
+    the first heading of the section ``doc`` that names the method (as code), else the class or
+    function; ``doc`` alone when no heading names either."""
+    path = REPO_ROOT / doc
+    if not path.is_file():
+        return doc
+    anchors = heading_anchors(path.read_text(encoding="utf-8"))
+    *outer, last = owner.split(".")
+    candidates = [(last, bool(outer))] + [(name, False) for name in outer[:1]]
+    for name, code_only in candidates:
+        if name.startswith("__"):
+            continue
+        for anchor, heading in anchors.items():
+            if _names(heading, name, code_only):
+                return f"{doc}#{anchor}"
+    return doc
+
+
 def _message(rel: str, owner: str) -> str:
     stage = stage_of_file(rel)
     chapter = rel.split("/", 1)[0]
     if stage is None:
         return f"{chapter}: implement {owner} in {rel}"
     return (
-        f"{chapter} stage '{stage.name}' not started: implement {owner} in {rel} (read {stage.doc})"
+        f"{chapter} stage '{stage.name}' not started: implement {owner} in {rel} "
+        f"(read {read_target(stage.doc, owner)})"
     )
 
 

@@ -42,7 +42,7 @@ def scaled_dot_product_attention(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch2 stage 'attention' not started: implement scaled_dot_product_attention in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+        "ch2 stage 'attention' not started: implement scaled_dot_product_attention in ch2/attention.py (read docs/chapter02/2_2_attention.md#scaled-dot-product-attention)"
     )
 
 
@@ -54,7 +54,7 @@ def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Te
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch2 stage 'attention' not started: implement causal_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+        "ch2 stage 'attention' not started: implement causal_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md#masks-causal_mask-and-padding_mask)"
     )
 
 
@@ -71,7 +71,7 @@ def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch2 stage 'attention' not started: implement padding_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+        "ch2 stage 'attention' not started: implement padding_mask in ch2/attention.py (read docs/chapter02/2_2_attention.md#masks-causal_mask-and-padding_mask)"
     )
 
 
@@ -90,7 +90,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'attention' not started: implement MultiHeadAttention.__init__ in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+            "ch2 stage 'attention' not started: implement MultiHeadAttention.__init__ in ch2/attention.py (read docs/chapter02/2_2_attention.md#multi-head-attention)"
         )
 
     def forward(
@@ -116,5 +116,5 @@ class MultiHeadAttention(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'attention' not started: implement MultiHeadAttention.forward in ch2/attention.py (read docs/chapter02/2_2_attention.md)"
+            "ch2 stage 'attention' not started: implement MultiHeadAttention.forward in ch2/attention.py (read docs/chapter02/2_2_attention.md#multi-head-attention)"
         )

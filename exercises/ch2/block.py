@@ -28,14 +28,14 @@ class LayerNorm(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement LayerNorm.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement LayerNorm.__init__ in ch2/block.py (read docs/chapter02/2_3_block.md#layer-normalisation-layernorm)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` of shape (..., d_model); returns the same shape."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement LayerNorm.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement LayerNorm.forward in ch2/block.py (read docs/chapter02/2_3_block.md#layer-normalisation-layernorm)"
         )
 
 
@@ -53,7 +53,7 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch2 stage 'block' not started: implement sinusoidal_positional_encoding in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+        "ch2 stage 'block' not started: implement sinusoidal_positional_encoding in ch2/block.py (read docs/chapter02/2_3_block.md#positions-sinusoidal_positional_encoding)"
     )
 
 
@@ -67,14 +67,14 @@ class FeedForward(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement FeedForward.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement FeedForward.__init__ in ch2/block.py (read docs/chapter02/2_3_block.md#the-position-wise-feed-forward-network-feedforward)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_model) -> (..., d_model), the same small MLP at every position."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement FeedForward.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement FeedForward.forward in ch2/block.py (read docs/chapter02/2_3_block.md#the-position-wise-feed-forward-network-feedforward)"
         )
 
 
@@ -97,7 +97,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement EncoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement EncoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_block.md#the-blocks-encoderblock-and-decoderblock)"
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,7 +108,7 @@ class EncoderBlock(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement EncoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement EncoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_block.md#the-blocks-encoderblock-and-decoderblock)"
         )
 
 
@@ -131,7 +131,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement DecoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement DecoderBlock.__init__ in ch2/block.py (read docs/chapter02/2_3_block.md#the-blocks-encoderblock-and-decoderblock)"
         )
 
     def forward(
@@ -156,5 +156,5 @@ class DecoderBlock(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'block' not started: implement DecoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_other_parts.md)"
+            "ch2 stage 'block' not started: implement DecoderBlock.forward in ch2/block.py (read docs/chapter02/2_3_block.md#the-blocks-encoderblock-and-decoderblock)"
         )

@@ -52,7 +52,7 @@ class Transformer(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.__init__ in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.__init__ in ch2/transformer.py (read docs/chapter02/2_4_transformer.md)"
         )
 
     def embed(self, ids: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
@@ -66,7 +66,7 @@ class Transformer(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.embed in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.embed in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#encode-and-embed)"
         )
 
     def encode(self, src: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ class Transformer(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.encode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.encode in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#encode-and-embed)"
         )
 
     def decode(
@@ -97,7 +97,7 @@ class Transformer(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.decode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.decode in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#decode)"
         )
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ class Transformer(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.forward in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.forward in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#forward)"
         )
 
     @torch.no_grad()
@@ -141,7 +141,7 @@ class Transformer(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.greedy_decode in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.greedy_decode in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#decoding-greedy_decode-and-beam_search)"
         )
 
     @torch.no_grad()
@@ -174,7 +174,7 @@ class Transformer(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.beam_search in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.beam_search in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#decoding-greedy_decode-and-beam_search)"
         )
 
     def _beam_search_one(
@@ -190,5 +190,5 @@ class Transformer(nn.Module):
         """Beam search for one sentence: ``memory`` (1, S, d_model) -> the best ids (L,)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer._beam_search_one in ch2/transformer.py (read docs/chapter02/2_4_encoder_decoder.md)"
+            "ch2 stage 'transformer' not started: implement Transformer._beam_search_one in ch2/transformer.py (read docs/chapter02/2_4_transformer.md)"
         )

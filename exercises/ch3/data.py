@@ -73,20 +73,20 @@ class TokenWindowDataset(Dataset):
     def __len__(self) -> int:
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'data' not started: implement TokenWindowDataset.__len__ in ch3/data.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'data' not started: implement TokenWindowDataset.__len__ in ch3/data.py (read docs/chapter03/3_5_data.md#windows-of-a-token-stream-tokenwindowdataset)"
         )
 
     def positions(self, i: int) -> range:
         """The token positions (plus ``offset``) that window ``i`` reads, ``x`` and ``y`` together."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'data' not started: implement TokenWindowDataset.positions in ch3/data.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'data' not started: implement TokenWindowDataset.positions in ch3/data.py (read docs/chapter03/3_5_data.md#windows-of-a-token-stream-tokenwindowdataset)"
         )
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'data' not started: implement TokenWindowDataset.__getitem__ in ch3/data.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'data' not started: implement TokenWindowDataset.__getitem__ in ch3/data.py (read docs/chapter03/3_5_data.md#windows-of-a-token-stream-tokenwindowdataset)"
         )
 
 
@@ -126,7 +126,7 @@ class WindowSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'data' not started: implement WindowSampler.__iter__ in ch3/data.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'data' not started: implement WindowSampler.__iter__ in ch3/data.py (read docs/chapter03/3_5_data.md#the-training-order-windowsampler)"
         )
 
 
@@ -140,7 +140,7 @@ def split_tokens(n_tokens: int, train_split: float) -> int:
         raise ValueError(f"train_split must be strictly between 0 and 1, got {train_split}")
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'data' not started: implement split_tokens in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'data' not started: implement split_tokens in ch3/data.py (read docs/chapter03/3_5_data.md#split-the-stream-first-split_tokens-and-create_dataloaders)"
     )
 
 
@@ -187,7 +187,7 @@ def create_dataloaders(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'data' not started: implement create_dataloaders in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'data' not started: implement create_dataloaders in ch3/data.py (read docs/chapter03/3_5_data.md#split-the-stream-first-split_tokens-and-create_dataloaders)"
     )
 
 
@@ -204,7 +204,7 @@ def prepare(texts: str | Iterable[str], tokenizer: Encoder, path: str | Path) ->
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'data' not started: implement prepare in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'data' not started: implement prepare in ch3/data.py (read docs/chapter03/3_5_data.md#bigger-than-memory-prepare-and-memmap_dataloaders)"
     )
 
 
@@ -229,5 +229,5 @@ def memmap_dataloaders(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'data' not started: implement memmap_dataloaders in ch3/data.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'data' not started: implement memmap_dataloaders in ch3/data.py (read docs/chapter03/3_5_data.md#bigger-than-memory-prepare-and-memmap_dataloaders)"
     )

@@ -75,7 +75,7 @@ class LayerNorm(nn.Module):
         """``x``: (..., ndim) -> same shape."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement LayerNorm.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement LayerNorm.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
 
@@ -95,14 +95,14 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement CausalSelfAttention.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement CausalSelfAttention.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement CausalSelfAttention.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement CausalSelfAttention.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
 
@@ -117,14 +117,14 @@ class MLP(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement MLP.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement MLP.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement MLP.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement MLP.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
 
@@ -135,14 +135,14 @@ class Block(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement Block.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement Block.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement Block.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement Block.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
         )
 
 
@@ -164,7 +164,7 @@ class GPT(nn.Module):
         self.config = config
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement GPT.__init__ in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement GPT.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-gpt-2-architecture-gpt)"
         )
 
     @staticmethod
@@ -172,7 +172,7 @@ class GPT(nn.Module):
         """GPT-2's initialisation for one module (the residual projections are rescaled after)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement GPT._init_weights in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement GPT._init_weights in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-initialisation-_init_weights)"
         )
 
     def num_parameters(self, non_embedding: bool = False) -> int:
@@ -183,7 +183,7 @@ class GPT(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement GPT.num_parameters in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement GPT.num_parameters in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-gpt-2-architecture-gpt)"
         )
 
     def forward(
@@ -214,7 +214,7 @@ class GPT(nn.Module):
             )
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement GPT.forward in ch3/gpt.py (read docs/chapter03/3_1_gpt_overview.md)"
+            "ch3 stage 'gpt' not started: implement GPT.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-gpt-2-architecture-gpt)"
         )
 
     @classmethod

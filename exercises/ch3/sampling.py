@@ -23,7 +23,7 @@ def _check_arguments(idx, max_new_tokens, temperature, top_k, top_p) -> None:
     """Raise ValueError naming the first argument of :func:`generate` that is out of range."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'sampling' not started: implement _check_arguments in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'sampling' not started: implement _check_arguments in ch3/sampling.py (read docs/chapter03/3_7_sampling.md)"
     )
 
 
@@ -40,7 +40,7 @@ def filter_logits(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'sampling' not started: implement filter_logits in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'sampling' not started: implement filter_logits in ch3/sampling.py (read docs/chapter03/3_7_sampling.md#top-k-and-top-p-filter_logits)"
     )
 
 
@@ -99,7 +99,7 @@ def generate(
     try:
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'sampling' not started: implement generate in ch3/sampling.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'sampling' not started: implement generate in ch3/sampling.py (read docs/chapter03/3_7_sampling.md#the-generation-loop-generate)"
         )
     finally:
         model.train(was_training)  # even if the model raised

@@ -59,7 +59,7 @@ class SimpleTokenizer:
             raise ValueError("SimpleTokenizer needs a non-empty text to build its vocabulary")
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.__init__ in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.__init__ in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#characters-simpletokenizer)"
         )
 
     @property
@@ -76,7 +76,7 @@ class SimpleTokenizer:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.encode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.encode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#characters-simpletokenizer)"
         )
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -87,7 +87,7 @@ class SimpleTokenizer:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+            "ch3 stage 'tokenizer' not started: implement SimpleTokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#characters-simpletokenizer)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def merge_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'tokenizer' not started: implement merge_ids in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        "ch3 stage 'tokenizer' not started: implement merge_ids in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md)"
     )
 
 
@@ -138,7 +138,7 @@ def learn_merges(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+        "ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md)"
     )
 
 
@@ -287,7 +287,7 @@ class BPETokenizer:
         ids = [self.byte_ids[b] for b in chunk]
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'tokenizer' not started: implement BPETokenizer._encode_chunk in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+            "ch3 stage 'tokenizer' not started: implement BPETokenizer._encode_chunk in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#byte-level-bpe-bpetokenizer)"
         )
         return ids
 
@@ -320,7 +320,7 @@ class BPETokenizer:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'tokenizer' not started: implement BPETokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizers.md)"
+            "ch3 stage 'tokenizer' not started: implement BPETokenizer.decode in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#byte-level-bpe-bpetokenizer)"
         )
 
     # -- saving and loading ---------------------------------------------------------------------

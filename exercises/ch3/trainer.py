@@ -42,7 +42,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else the best one present: cuda, then mps, then cpu."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'trainer' not started: implement pick_device in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'trainer' not started: implement pick_device in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#mixed-precision-and-the-device-pick_device)"
     )
 
 
@@ -70,7 +70,7 @@ def configure_optimizer(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'trainer' not started: implement configure_optimizer in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+        "ch3 stage 'trainer' not started: implement configure_optimizer in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#adamw-and-what-gets-weight-decay-configure_optimizer)"
     )
 
 
@@ -217,7 +217,7 @@ class GPTTrainer:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'trainer' not started: implement GPTTrainer.get_lr in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'trainer' not started: implement GPTTrainer.get_lr in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#the-learning-rate-schedule-get_lr)"
         )
 
     # --------------------------------------------------------------------------------- data
@@ -231,7 +231,7 @@ class GPTTrainer:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'trainer' not started: implement GPTTrainer.next_batch in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'trainer' not started: implement GPTTrainer.next_batch in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#one-optimizer-step-next_batch-and-train_step)"
         )
 
     # ----------------------------------------------------------------------------- one step
@@ -250,7 +250,7 @@ class GPTTrainer:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'trainer' not started: implement GPTTrainer.train_step in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'trainer' not started: implement GPTTrainer.train_step in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#one-optimizer-step-next_batch-and-train_step)"
         )
 
     @torch.no_grad()
@@ -260,7 +260,7 @@ class GPTTrainer:
         train/eval mode is restored afterwards."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'trainer' not started: implement GPTTrainer.evaluate in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'trainer' not started: implement GPTTrainer.evaluate in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#evaluation-evaluate)"
         )
 
     # --------------------------------------------------------------------------------- loop
@@ -355,7 +355,7 @@ class GPTTrainer:
         Returns the file written."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'trainer' not started: implement GPTTrainer.save_checkpoint in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'trainer' not started: implement GPTTrainer.save_checkpoint in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#checkpoints-save_checkpoint-and-load_checkpoint)"
         )
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -364,5 +364,5 @@ class GPTTrainer:
         loaders assumed). Errors as :func:`load_checkpoint`."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'trainer' not started: implement GPTTrainer.load_checkpoint in ch3/trainer.py (read docs/chapter03/3_3_training.md)"
+            "ch3 stage 'trainer' not started: implement GPTTrainer.load_checkpoint in ch3/trainer.py (read docs/chapter03/3_6_trainer.md#checkpoints-save_checkpoint-and-load_checkpoint)"
         )
