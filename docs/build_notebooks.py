@@ -53,9 +53,9 @@ CH2 = [
 # Chapter 2: the Transformer, cell by cell
 
 This notebook follows the chapter's sections: [2.1](2_1_why_attention.md),
-[2.2 Attention](2_2_attention.md), [2.3 The other parts](2_3_other_parts.md),
-[2.4 The encoder-decoder](2_4_encoder_decoder.md) and
-[2.5 Training and decoding](2_5_training_and_decoding.md). Every cell runs on a CPU in seconds.
+[2.2 Attention](2_2_attention.md), [2.3 The other parts](2_3_block.md),
+[2.4 The encoder-decoder](2_4_transformer.md) and
+[2.5 Training and decoding](2_5_e2e.md). Every cell runs on a CPU in seconds.
 The grader checks the same things more thoroughly: `python -m grader ch2`.""",
     ),
     (
@@ -260,9 +260,10 @@ CH3 = [
         """\
 # Chapter 3: GPT, cell by cell
 
-This notebook follows [3.1 GPT overview](3_1_gpt_overview.md), [3.2 Tokenizers](3_2_tokenizers.md)
-and [3.3 Training a GPT](3_3_training.md): tokenize the built-in corpus, build a GPT, train it for
-a few seconds, sample from it, save and reload it. The grader checks all of it more thoroughly:
+This notebook follows the chapter's sections in the grader's order ([3.1](3_1_overview.md) gives
+the map): tokenize the built-in corpus ([3.2](3_2_tokenizer.md)), build a GPT
+([3.4](3_4_gpt.md)), cut the data ([3.5](3_5_data.md)), train it for a few seconds
+([3.6](3_6_trainer.md)), sample from it, save and reload it ([3.7](3_7_sampling.md)). The grader checks all of it more thoroughly:
 `python -m grader ch3`.""",
     ),
     (
@@ -303,7 +304,7 @@ for s in ("the cat sees a ball.", "猫が箱を開ける 🐈"):
     (
         "markdown",
         """\
-## 3.1 The model
+## 3.4 The model
 
 Parameter counts (the tied LM head counted once), and the loss of an untrained model, which is
 close to $\\ln V$.""",
@@ -328,7 +329,7 @@ print(f"untrained loss {loss.item():.3f}, ln(V) = {math.log(chars.vocab_size):.3
     (
         "markdown",
         """\
-## 3.3 Data without leakage, and the learning-rate schedule""",
+## 3.5 Data without leakage""",
     ),
     (
         "code",
@@ -340,8 +341,16 @@ print(
     max(train_set.positions(len(train_set) - 1)),
     "| first validation position:",
     min(val_set.positions(0)),
-)
-
+)""",
+    ),
+    (
+        "markdown",
+        """\
+## 3.6 The trainer and its learning-rate schedule""",
+    ),
+    (
+        "code",
+        """\
 trainer = trainer_mod.GPTTrainer(
     model,
     train_loader,
@@ -382,7 +391,7 @@ print(f"unigram baseline {unigram:.3f}")""",
     (
         "markdown",
         """\
-## Sampling, checkpoints
+## 3.7 Sampling, and a checkpoint reloaded
 
 The same seed gives the same text; a checkpoint reloaded into a fresh model gives it too.""",
     ),
