@@ -52,7 +52,7 @@ class Transformer(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer.__init__ in ch2/transformer.py (read docs/chapter02/2_4_transformer.md)"
+            "ch2 stage 'transformer' not started: implement Transformer.__init__ in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#the-model-transformer)"
         )
 
     def embed(self, ids: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
@@ -190,5 +190,5 @@ class Transformer(nn.Module):
         """Beam search for one sentence: ``memory`` (1, S, d_model) -> the best ids (L,)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch2 stage 'transformer' not started: implement Transformer._beam_search_one in ch2/transformer.py (read docs/chapter02/2_4_transformer.md)"
+            "ch2 stage 'transformer' not started: implement Transformer._beam_search_one in ch2/transformer.py (read docs/chapter02/2_4_transformer.md#the-model-transformer)"
         )

@@ -75,7 +75,7 @@ class LayerNorm(nn.Module):
         """``x``: (..., ndim) -> same shape."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement LayerNorm.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement LayerNorm.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#using-it-forward-and-from_hf_state_dict)"
         )
 
 
@@ -95,14 +95,14 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement CausalSelfAttention.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement CausalSelfAttention.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-parts-layernorm-causalselfattention-mlp-and-block)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement CausalSelfAttention.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement CausalSelfAttention.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#using-it-forward-and-from_hf_state_dict)"
         )
 
 
@@ -117,14 +117,14 @@ class MLP(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement MLP.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement MLP.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-parts-layernorm-causalselfattention-mlp-and-block)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement MLP.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement MLP.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#using-it-forward-and-from_hf_state_dict)"
         )
 
 
@@ -135,14 +135,14 @@ class Block(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement Block.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement Block.__init__ in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-parts-layernorm-causalselfattention-mlp-and-block)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, T, n_embd) -> (B, T, n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement Block.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md)"
+            "ch3 stage 'gpt' not started: implement Block.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#using-it-forward-and-from_hf_state_dict)"
         )
 
 
@@ -183,7 +183,7 @@ class GPT(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement GPT.num_parameters in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-gpt-2-architecture-gpt)"
+            "ch3 stage 'gpt' not started: implement GPT.num_parameters in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#counting-the-parameters-num_parameters)"
         )
 
     def forward(
@@ -214,7 +214,7 @@ class GPT(nn.Module):
             )
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch3 stage 'gpt' not started: implement GPT.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#the-gpt-2-architecture-gpt)"
+            "ch3 stage 'gpt' not started: implement GPT.forward in ch3/gpt.py (read docs/chapter03/3_4_gpt.md#using-it-forward-and-from_hf_state_dict)"
         )
 
     @classmethod

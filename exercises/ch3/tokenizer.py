@@ -112,7 +112,7 @@ def merge_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'tokenizer' not started: implement merge_ids in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md)"
+        "ch3 stage 'tokenizer' not started: implement merge_ids in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#training-learn_merges-and-merge_ids)"
     )
 
 
@@ -138,7 +138,7 @@ def learn_merges(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md)"
+        "ch3 stage 'tokenizer' not started: implement learn_merges in ch3/tokenizer.py (read docs/chapter03/3_2_tokenizer.md#training-learn_merges-and-merge_ids)"
     )
 
 

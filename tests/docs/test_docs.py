@@ -28,10 +28,10 @@ INDEX = DOCS / "README.md"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# Sections that teach no stage, on top of those the manifest names.
-EXTRA_SECTIONS = ("docs/chapter02/2_1_why_attention.md", "docs/chapter03/3_4_other_llms.md")
+# Every numbered section (N_k_<name>.md), and every doc the manifest names.
 SECTIONS = sorted(
-    {stage.doc for chapter in CHAPTERS.values() for stage in chapter.stages} | set(EXTRA_SECTIONS)
+    {stage.doc.split("#")[0] for chapter in CHAPTERS.values() for stage in chapter.stages}
+    | {_path.relative_to(REPO_ROOT).as_posix() for _path in DOCS.glob("chapter*/[0-9]*_*.md")}
 )
 MARKDOWN = sorted(DOCS.rglob("*.md"))
 CHAPTER_FILES = [REPO_ROOT / s for s in SECTIONS]
@@ -39,6 +39,7 @@ NOTEBOOKS = sorted(DOCS.rglob("*.ipynb"))
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```\s*$", re.S | re.M)
+INCLUDED_BLOCK = re.compile(r"^<!-- include: .*? -->\n```.*?^```\s*$", re.S | re.M)
 
 
 def _rel(path: Path) -> str:
@@ -58,8 +59,8 @@ def one_thread():
 
 
 def test_every_section_exists_and_is_linked_from_the_index():
-    """Each section (the manifest's docs and the two reading sections) exists and docs/README.md
-    links to it."""
+    """Each section (the manifest's docs and the numbered reading sections) exists and
+    docs/README.md links to it."""
     index_targets = {
         (INDEX.parent / target.split("#")[0]).resolve()
         for target in LINK.findall(INDEX.read_text())
@@ -74,7 +75,7 @@ def test_each_stage_section_names_its_exercise_file_and_grader_command():
     """A learner who opens a stage's section finds the file to edit and the command to run."""
     for chapter in CHAPTERS.values():
         for stage in chapter.stages:
-            text = (REPO_ROOT / stage.doc).read_text()
+            text = (REPO_ROOT / stage.doc.split("#")[0]).read_text()
             command = f"python -m grader {chapter.name} --stage {stage.name}"
             assert command in text, f"{stage.doc} does not show `{command}`"
             if len(stage.files) == 1:  # an e2e stage trains every file of the chapter
@@ -113,9 +114,11 @@ def test_figures_are_pngs_that_the_docs_use():
 
 @pytest.mark.parametrize("path", CHAPTER_FILES, ids=_rel)
 def test_python_blocks_run(path, one_thread, monkeypatch, tmp_path):
-    """Every ```python block of a section runs, in order, in one namespace per file."""
+    """Every ```python block of a section runs, in order, in one namespace per file (blocks
+    included from the project's code are compared with it instead, by test_snippets.py)."""
     monkeypatch.chdir(tmp_path)  # a block that writes a file cannot litter the repository
-    blocks = PYTHON_BLOCK.findall(path.read_text(encoding="utf-8"))
+    text = INCLUDED_BLOCK.sub("", path.read_text(encoding="utf-8"))
+    blocks = PYTHON_BLOCK.findall(text)
     namespace: dict = {"__name__": "__docs__"}
     for i, source in enumerate(blocks, 1):
         code = compile(source, f"{_rel(path)} (python block {i})", "exec")
@@ -199,12 +202,12 @@ def test_numbers_quoted_in_the_text_match_the_code():
 
     e2e = TrainConfig()
     quoted = {
-        "docs/chapter02/2_5_training_and_decoding.md": [
+        "docs/chapter02/2_5_e2e.md": [
             f"on {e2e.n_train:,} such pairs",
             f"decodes {e2e.n_test:,}",
             f"the real run takes {e2e.steps:,}",
         ],
-        "docs/chapter03/3_1_gpt_overview.md": [
+        "docs/chapter03/3_4_gpt.md": [
             f"{n_gpt2:,}",  # GPT-2 small, tied
             f"{n_gpt2 + 50257 * 768:,}",  # the book's untied version
             f"{n_small:,}",  # the book's small config
@@ -213,12 +216,12 @@ def test_numbers_quoted_in_the_text_match_the_code():
             f"({stats['vocab']} symbols",
             f"{50257 * 768 / 1e6:.1f}M",  # what tying saves
         ],
-        "docs/chapter03/3_3_training.md": [
+        "docs/chapter03/3_8_e2e.md": [
             f"$V = {stats['vocab']}$",
             f"$\\ln {stats['vocab']} = {stats['ln_vocab']:.2f}$",
             f"**{stats['unigram']:.2f}**",
         ],
-        "docs/chapter03/3_2_tokenizers.md": [f"stops at {stats['bpe_vocab_reached']}"],
+        "docs/chapter03/3_2_tokenizer.md": [f"stops at {stats['bpe_vocab_reached']}"],
     }
     assert n_gpt2 == 124_439_808, "GPT-2 small must have exactly 124,439,808 parameters"
     for doc, numbers in quoted.items():
@@ -254,7 +257,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
     small, bench = CONFIGS["small"], _bench_constants("bench_train")
     # (file the setting lives in, what that file says, what the section says)
     pairs = {
-        "docs/chapter02/2_5_training_and_decoding.md": [
+        "docs/chapter02/2_5_e2e.md": [
             ("tests/ch2/test_e2e.py", "end < 0.1", "must be below 0.1"),
             ("tests/ch2/test_e2e.py", "sum(losses[-50:]) / 50", "averaged over the last 50 steps"),
             ("tests/ch2/test_e2e.py", "accuracy >= 0.9", "at least 90% of the"),
@@ -268,7 +271,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
             (None, None, f"from 0 to {task.MAX_NUMBER:,}"),
             (None, None, f"`task.train` for {e2e2.steps:,} steps"),
         ],
-        "docs/chapter03/3_3_training.md": [
+        "docs/chapter03/3_8_e2e.md": [
             ("tests/ch3/test_e2e.py", "val_loss < 0.5 * baseline", "below **half the unigram"),
             ("tests/ch3/test_e2e.py", "rate >= 0.9", "at least 90% of the words"),
             ("tests/ch3/test_e2e.py", '"the ", seed, 300)', "three samples of 300 characters"),
@@ -296,7 +299,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
             ),
         ],
     }
-    assert train["learning_rate"] == 1e-2, "3.3 quotes the e2e stage's peak learning rate 10^-2"
+    assert train["learning_rate"] == 1e-2, "3.8 quotes the e2e stage's peak learning rate 10^-2"
     for doc, checks in pairs.items():
         text = " ".join(_source(doc).split())  # line breaks in the prose do not matter
         for origin, code, prose in checks:
