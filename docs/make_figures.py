@@ -173,12 +173,15 @@ def bpe_merges(out: Path) -> None:
         f"{tok.vocab[i].decode()!r}"
         for (a, b), i in first
     ]
-    sizes = [256, 288, 320, 384, 512, 768, 1024]
-    per_char = []
-    for size in sizes:
+    asked = [256, 288, 320, 384, 512, 768, 1024]
+    sizes, per_char = [], []  # the vocabulary size each request reached, and its compression
+    for size in asked:
         trained = BPETokenizer().train(text, vocab_size=size)
+        if sizes and trained.vocab_size == sizes[-1]:
+            break  # merges ran out: a larger request learns the same tokenizer
+        sizes.append(trained.vocab_size)
         per_char.append(len(trained.encode(text)) / len(text))
-    reached = trained.vocab_size  # merges stop once every word of the corpus is one token
+    reached = sizes[-1]  # merges stop once every word of the corpus is one token
     fig, axes = plt.subplots(
         1, 2, figsize=(12, 5.2), constrained_layout=True, gridspec_kw={"width_ratios": [1, 1.2]}
     )
@@ -189,14 +192,15 @@ def bpe_merges(out: Path) -> None:
     axes[1].plot(sizes, per_char, "o-")
     axes[1].set_xscale("log", base=2)
     axes[1].set_xticks(sizes, [str(s) for s in sizes])
-    axes[1].set_xlabel("vocabulary size (256 bytes + merges)")
+    axes[1].set_xlabel("vocabulary size reached (256 bytes + merges)")
     axes[1].set_ylabel("tokens per character")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_title("longer tokens: fewer tokens for the same text")
     axes[1].annotate(
-        f"every word is one token:\nno pair left to merge\n(vocabulary stops at {reached})",
-        xy=(768, per_char[-2]),
-        xytext=(420, 0.55),
+        f"every word is one token:\nno pair left to merge\n(vocabulary stops at {reached},\n"
+        f"even when {asked[-1]:,} is asked for)",
+        xy=(reached, per_char[-1]),
+        xytext=(330, 0.55),
         arrowprops={"arrowstyle": "->", "color": "gray"},
     )
     fig.savefig(out, dpi=110)

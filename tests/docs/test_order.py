@@ -247,3 +247,22 @@ def test_snippet_builder_finds_functions_methods_and_names():
     assert builder.source_of("grader/tasks/ch2.py", "BOS").startswith("PAD, BOS, EOS = 0, 1, 2")
     with pytest.raises(builder.SnippetError, match="has no nothing_here"):
         builder.source_of("grader/tasks/ch2.py", "nothing_here")
+
+
+def test_command_lines_in_the_docs_parse():
+    """Every `python -m solutions.ch3 ...` line a section shows is accepted by the real command
+    line's parser (ch3/cli.py), so a renamed option cannot stay in the text."""
+    import shlex
+
+    from solutions.ch3.cli import build_parser
+
+    parser = build_parser()
+    lines = [
+        line.split("#", 1)[0]
+        for path in DOCS.rglob("*.md")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if re.match(r"^python -m (solutions|exercises)\.ch3 ", line)
+    ]
+    assert lines, "no section shows the command line"
+    for line in lines:
+        parser.parse_args(shlex.split(line)[3:])  # SystemExit names the bad option
