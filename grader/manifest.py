@@ -2,12 +2,44 @@
 
 Everything else (the grader, the stub generator, the docs tests, the README) reads this file. A
 stage is one pytest file run against one tree; its ``files`` are the tree-relative modules the
-learner edits for it; its ``hints`` go from a nudge to the exact idea, one level per request.
+learner edits for it; its ``hints`` go from a nudge to the exact idea, one level per request. A
+hint written as ``Hint(text, tests=(...))`` is the one shown under a failure of those tests (any
+other failure shows the stage's first hint).
+
+Time limits. ``test_timeout`` (seconds per test) follows one rule, so that a hung learner hears
+"timed out" within seconds while a correct but slower learner is never cut off:
+
+    test_timeout = max(MIN_TEST_TIMEOUT, MARGIN * slowest reference test of the stage),
+
+rounded up to a whole 5 s, the reference timed on 2 idle cores. ``MARGIN`` = 10 covers a loaded
+machine (about 3x) times a learner's correct code that is about 3x slower than the reference;
+``MIN_TEST_TIMEOUT`` = 10 s covers the first test of a stage, which pays torch's warm-up (0.4-0.9 s
+idle, about 3 s at a load of 7 on 2 cores). ``python -m grader.timing`` times the reference and
+prints the limit the rule gives beside the manifest's; ``--check`` fails when the reference takes
+more than ``test_timeout / MARGIN``. The first test that times out ends its stage (the runner
+enforces the limit itself, see ``grader/runner.py``), so a hang costs one limit, not one per test.
+``time_limit`` bounds the whole stage process, collection included.
+
+An ``optional`` stage never locks the stages after it, and a chapter counts as passed without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+MARGIN = 10.0  # test_timeout / slowest reference test, at least (see the module docstring)
+MIN_TEST_TIMEOUT = 10.0  # seconds: a stage's first test pays torch's warm-up
+
+
+class Hint(str):
+    """A hint that names the tests it is for: shown under a failure of one of them."""
+
+    tests: tuple[str, ...]
+
+    def __new__(cls, text: str, tests: tuple[str, ...] = ()) -> Hint:
+        hint = super().__new__(cls, text)
+        hint.tests = tuple(tests)
+        return hint
 
 
 @dataclass(frozen=True)
@@ -17,10 +49,19 @@ class Stage:
     tests: str  # repo-relative pytest file
     files: tuple[str, ...]  # tree-relative files the learner edits for this stage
     doc: str  # repo-relative chapter section that teaches it
-    hints: tuple[str, ...]  # from a nudge to the exact idea
+    hints: tuple[str, ...]  # from a nudge to the exact idea (a Hint names the tests it fits)
     points: int = 10
-    test_timeout: float = 60.0  # seconds per test (pytest-timeout)
+    test_timeout: float = MIN_TEST_TIMEOUT  # seconds per test (the rule above)
     time_limit: float = 240.0  # seconds for the whole stage subprocess
+    optional: bool = False  # locks nothing; a chapter counts as passed without it
+
+    def hint_for(self, test_name: str | None) -> tuple[int, str]:
+        """``(level, text)`` of the hint that fits ``test_name``, else the first; (0, "")
+        when the stage has none."""
+        for level, hint in enumerate(self.hints, 1):
+            if test_name is not None and test_name in getattr(hint, "tests", ()):
+                return level, hint
+        return (1, self.hints[0]) if self.hints else (0, "")
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Chapter, Stage
-from .runner import StageResult
-from .statuses import LOCKED, PASSED
+from .results import StageResult
+from .statuses import LOCKED, NOT_RUN, PASSED
 from .tree import REPO_ROOT, resolve_tree
 
 SCHEMA = "llmfs-progress/1"
 STATE_ENV = "GRADER_STATE_DIR"
-NOT_RUN_YET = "not run yet"
 
 
 def state_dir() -> Path:
@@ -164,7 +163,7 @@ class Progress:
 
     def status(self, chapter: str, stage: str) -> str:
         record = self.entry(chapter, stage)
-        return str(record.get("status", NOT_RUN_YET)) if record else NOT_RUN_YET
+        return str(record.get("status", NOT_RUN)) if record else NOT_RUN
 
     def passed(self, chapter: str, stage: str) -> bool:
         return self.status(chapter, stage) == PASSED

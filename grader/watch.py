@@ -25,12 +25,12 @@ from rich.console import Console
 from rich.text import Text
 
 from . import artifacts
-from .learner import StageRunner, command, grade_stage, run_live, show_artifacts
+from .learner import StageRunner, grade_stage, run_live
 from .manifest import Chapter, Stage
 from .progress import Progress
-from .runner import ChapterResult, StageResult
+from .results import ChapterResult, StageResult
 from .tree import TREES, resolve_tree
-from .ui import problem_lines
+from .ui import command, problem_lines, show_artifacts
 
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".pyc")
 Snapshot = dict[str, tuple[int, int]]
@@ -255,7 +255,8 @@ def _grade_once(
     wrapper = ChapterResult(chapter.name, chapter.title, tree, str(folder), (result,))
     if not result.ok:
         console.print()
-        for line in problem_lines(wrapper, result):
+        seen = Progress.load(tree).hint_level(chapter.name, stage.name)
+        for line in problem_lines(wrapper, result, hints_seen=seen):
             console.print(line)
         more = command("hint", chapter.name, stage.name, tree=tree)
         console.print(Text(f"  Stuck? {more}", style="dim"))

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from grader import report, runner
+from grader import runner
+from grader.instructor import report
+from grader.tree import REPO_ROOT
 
 from .conftest import PASSING, run_cli, stage_test
 
@@ -118,9 +120,9 @@ def test_runner_api_without_the_cli(three_stages, tree):
 def test_python_m_grader_end_to_end():
     """The real entry point: `list` works and an unknown chapter exits 2 in one line."""
     run = [sys.executable, "-m", "grader"]
-    listed = subprocess.run([*run, "list"], capture_output=True, text=True, cwd=runner.REPO_ROOT)
+    listed = subprocess.run([*run, "list"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert listed.returncode == 0 and "ch2" in listed.stdout and "attention" in listed.stdout
-    bad = subprocess.run([*run, "ch99"], capture_output=True, text=True, cwd=runner.REPO_ROOT)
+    bad = subprocess.run([*run, "ch99"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         "python -m grader: error: unknown chapter 'ch99' (chapters: ch2, ch3)"
@@ -131,7 +133,7 @@ def test_the_command_line_starts_without_pytest_or_torch():
     """`--help` and `list` import neither pytest (the stage processes do) nor torch."""
     code = "import sys, grader.cli; print(sorted({'pytest', 'torch'} & set(sys.modules)))"
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=runner.REPO_ROOT
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -1,6 +1,6 @@
 """Resource limits for a stage subprocess, applied in the subprocess itself before pytest starts.
 
-``python -m grader.limits --memory MB --output MB -- COMMAND...`` sets the limits, then replaces
+``python -m grader.instructor.limits --memory MB --output MB -- COMMAND...`` sets the limits, then replaces
 itself with ``COMMAND`` (``os.execv``: same process, same process group, so the runner's
 time limit and signal handling see the command itself). The batch grader puts this in front of
 every stage's pytest command (``Sandbox.prefix``). An exec wrapper rather than ``preexec_fn``:
@@ -66,7 +66,7 @@ def prefix(
     return (
         python,
         "-m",
-        "grader.limits",
+        "grader.instructor.limits",
         "--memory",
         f"{memory_mb or 0:g}",
         "--output",
@@ -81,7 +81,7 @@ def preexec(memory_mb: float | None, output_mb: float | None) -> Callable[[], No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m grader.limits")
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.limits")
     parser.add_argument("--memory", type=float, default=DEFAULT_MEMORY_MB, help="MB, 0: none")
     parser.add_argument("--output", type=float, default=DEFAULT_OUTPUT_MB, help="MB, 0: none")
     parser.add_argument("command", nargs=argparse.REMAINDER)
