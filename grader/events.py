@@ -67,6 +67,7 @@ class StageEvents:
         self.finished = False
         self.flags: list[str] = []
         self.hidden_excluded = 0
+        self.startup: float | None = None  # seconds until the first test started (the runner's)
 
     @property
     def running(self) -> str | None:
@@ -136,6 +137,7 @@ class StageEvents:
             "log_tail": log_tail,
             "flags": tuple(self.flags),
             "hidden_excluded": self.hidden_excluded,
+            "startup": round(self.startup or 0.0, 3),
         }
         if not self.seen and stop is None and returncode > 0:
             # pytest stopped before the plugin was even configured (a broken conftest, a bad

@@ -71,6 +71,7 @@ class StageResult:
     points: int
     tests: tuple[TestResult, ...] = ()
     seconds: float = 0.0
+    startup: float = 0.0  # of ``seconds``, those before the first test started (imports)
     message: str = ""  # the first problem, in one or two sentences ("" when passed or locked)
     where: Where | None = None
     failed_test: TestResult | None = None  # the test whose message this is, if any

@@ -171,6 +171,7 @@ def _supervise(
     """Follow the stage until its process ends (None) or a limit stops it (the :class:`Stop`)."""
     start = time.monotonic()
     running, since = None, start
+    events.startup = None
     try:
         while True:
             try:
@@ -194,6 +195,8 @@ def _supervise(
             if done:
                 return None
             now = time.monotonic()
+            if events.startup is None and events.started:
+                events.startup = now - start
             if events.running != running:
                 running, since = events.running, now
             if running is not None and now - since > stage.test_timeout + GRACE:
