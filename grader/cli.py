@@ -19,7 +19,7 @@ from . import learner, manifest
 from .runner import grade, select_stages
 from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .tree import UsageError, resolve_tree
-from .ui import LiveProgress, make_console, pipe_may_close, render, render_list
+from .ui import LiveProgress, make_console, render, render_list
 
 COMMANDS = ("grade", "list", "status", "watch", "hint", "reset", "solution", "batch")
 
@@ -171,10 +171,9 @@ def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
             result = grade(chapter, args.tree, only=only, run_all=args.all, listener=live)
         finally:
             live.close()
-        learner.record(result)  # before the table: `... | head -1` may close the pipe early
-        with pipe_may_close():
-            render(console, result, verbose=args.verbose, hints_seen=learner.hints_seen(result))
-            learner.show_session_artifacts(console, result, session)
+        learner.record(result)
+        render(console, result, verbose=args.verbose, hints_seen=learner.hints_seen(result))
+        learner.show_session_artifacts(console, result, session)
     if args.json or args.junit or args.gradescope:
         from .instructor import formats, report  # only when a report is asked for
 
@@ -185,8 +184,7 @@ def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
         ):
             if path:
                 write(result, path)
-                with pipe_may_close():
-                    console.print(f"{label}: {path}", style="dim")
+                console.print(f"{label}: {path}", style="dim")
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

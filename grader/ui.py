@@ -10,7 +10,7 @@ import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -51,8 +51,17 @@ STYLES = {
 MARKS = {PASSED: "✓", LOCKED: "·", SKIPPED: "-", NOT_RUN: "·"}
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (``python -m grader ch2 | head -1``): print nothing more, but
+        finish the run, so that its progress is saved (rich's own default exits at once)."""
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def make_console(**kwargs) -> Console:
-    return Console(highlight=False, **kwargs)
+    return _Console(highlight=False, **kwargs)
 
 
 def status_text(status: str) -> Text:
@@ -73,17 +82,6 @@ def command(*words: str, tree: str = "exercises") -> str:
     if tree != "exercises":
         parts += ["--tree", tree]
     return " ".join(shlex.quote(p) for p in parts)
-
-
-@contextlib.contextmanager
-def pipe_may_close() -> Iterator[None]:
-    """Printing that may meet a reader that went away (``python -m grader ch2 | head -1``):
-    the rest of the output goes nowhere, quietly, and the grading run carries on."""
-    try:
-        yield
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class LiveProgress:
@@ -113,8 +111,7 @@ class LiveProgress:
         line = Text(f"{MARKS.get(result.status, '✗')} {self.label}: ")
         line.append_text(status_text(result.label))
         line.append(f" ({result.passed}/{result.total} tests, {_seconds(result.seconds)})")
-        with pipe_may_close():
-            self.console.print(line)
+        self.console.print(line)
 
     def close(self) -> None:
         if self.status is not None:
