@@ -169,8 +169,12 @@ class Progress:
         return self.status(chapter, stage) == PASSED
 
     def current_stage(self, chapter: Chapter) -> Stage | None:
-        """The first stage of ``chapter`` that has not passed (None when every one has)."""
-        return next((s for s in chapter.stages if not self.passed(chapter.name, s.name)), None)
+        """The first required stage of ``chapter`` that has not passed (None when every one
+        has): an optional stage is never the one a learner is sent to next."""
+        return next(
+            (s for s in chapter.stages if not s.optional and not self.passed(chapter.name, s.name)),
+            None,
+        )
 
     # -- hints ----------------------------------------------------------------------------
 

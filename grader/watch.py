@@ -204,13 +204,14 @@ def watch(
                 result = _grade_once(console, chapter, stage, tree, run, art_dir)
                 runs += 1
                 if result.ok:
-                    index = chapter.stages.index(stage)
-                    if index + 1 == len(chapter.stages):
+                    later = chapter.stages[chapter.stages.index(stage) + 1 :]
+                    following = next((s for s in later if not s.optional), None)
+                    if following is None:
                         console.print(
                             Text(f"Every stage of {chapter.name} passed. Well done!", "bold green")
                         )
                         return 0
-                    stage = chapter.stages[index + 1]
+                    stage = following
                     console.print(Text(f"On to the next stage: {stage.name}", style="bold"))
                     if max_runs is not None and runs >= max_runs:
                         return 0
