@@ -20,7 +20,8 @@ more than ``test_timeout / MARGIN``. The first test that times out ends its stag
 enforces the limit itself, see ``grader/runner.py``), so a hang costs one limit, not one per test.
 ``time_limit`` bounds the whole stage process, collection included.
 
-An ``optional`` stage never locks the stages after it, and a chapter counts as passed without it.
+An ``optional`` stage never locks the stages after it, and a chapter counts as passed without it;
+its points are extra credit (not part of the chapter's maximum score).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Stage:
     points: int = 10
     test_timeout: float = MIN_TEST_TIMEOUT  # seconds per test (the rule above)
     time_limit: float = 240.0  # seconds for the whole stage subprocess
-    optional: bool = False  # locks nothing; a chapter counts as passed without it
+    optional: bool = False  # locks nothing, not needed to pass, its points are extra credit
 
     def hint_for(self, test_name: str | None) -> tuple[int, str]:
         """``(level, text)`` of the hint that fits ``test_name``, else the first; (0, "")
@@ -244,7 +245,7 @@ CH3 = Chapter(
         ),
         Stage(
             name="bpe_speed",
-            title="Optional: BPE training that updates its counts instead of recounting",
+            title="BPE training that updates its pair counts instead of recounting",
             tests="tests/ch3/test_bpe_speed.py",
             files=("ch3/tokenizer.py",),
             doc="docs/chapter03/3_3_bpe_speed.md",

@@ -178,6 +178,7 @@ def test_an_optional_stage_locks_nothing(make_stage, fake_chapter, tree, capsys)
     rows = {line.split()[1]: line.split()[-5] for line in out.splitlines() if line[:1].isdigit()}
     assert rows == {"first": "passed", "fast": "failed", "last": "passed"}
     assert "fast (optional)" in out and "Every required stage passed" in out
+    assert "Score: 20 / 20 points" in out  # an optional stage is extra credit
 
 
 class _ClosedAfterOneLine(io.StringIO):
