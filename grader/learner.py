@@ -27,7 +27,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.syntax import Syntax
-from rich.table import Table
 from rich.text import Text
 
 from . import artifacts, manifest, progress, stubs
@@ -43,7 +42,9 @@ from .ui import (
     command,
     field,
     numbered,
+    plain_table,
     show_artifacts,
+    stage_label,
     status_text,
     tree_file,
     wrapped_field,
@@ -90,18 +91,7 @@ def show_status(console: Console, tree: str = "exercises") -> int:
                 (f"   {passed}/{len(chapter.stages)} stages passed{optional}", "dim"),
             )
         )
-        table = Table(
-            show_edge=False,
-            pad_edge=False,
-            box=None,
-            header_style="bold",
-        )
-        table.add_column("", width=1)
-        table.add_column("#", justify="right", style="dim")
-        table.add_column("Stage")
-        table.add_column("Status")
-        table.add_column("Tests", justify="right")
-        table.add_column("Last run", style="dim")
+        table = plain_table("", "#", "Stage", "Status", "Tests", "Last run")
         for number, stage in enumerate(chapter.stages, 1):
             entry = state.entry(chapter.name, stage.name) or {}
             status = state.status(chapter.name, stage.name)
@@ -111,7 +101,7 @@ def show_status(console: Console, tree: str = "exercises") -> int:
             table.add_row(
                 MARKS.get(status, "✗"),
                 str(number),
-                f"{stage.name} (optional)" if stage.optional else stage.name,
+                stage_label(stage.name, stage.optional),
                 status_text(status),
                 tests,
                 str(entry.get("at", "")).replace("T", " "),

@@ -72,7 +72,7 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s"
 
 
-def _stage_name(name: str, optional: bool) -> str:
+def stage_label(name: str, optional: bool) -> str:
     return f"{name} (optional)" if optional else name
 
 
@@ -95,7 +95,7 @@ class LiveProgress:
 
     def stage_started(self, stage: Stage, index: int, count: int) -> None:
         self.label = f"{self.chapter.name} · stage {index + 1}/{count}: "
-        self.label += _stage_name(stage.name, stage.optional)
+        self.label += stage_label(stage.name, stage.optional)
         if self.console.is_terminal:
             self.status = self.console.status(f"{self.label} …")
             self.status.start()
@@ -130,19 +130,24 @@ def tree_file(tree_path: str | Path, rel: str) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def plain_table(*headers: str) -> Table:
+    """The borderless table every listing uses: numbers right-aligned, the row number dim."""
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for header in headers:
+        numeric = header in ("#", "Tests", "Points", "Time")
+        table.add_column(
+            header, justify="right" if numeric else "left", style="dim" if header == "#" else ""
+        )
+    return table
+
+
 def stage_table(result: ChapterResult) -> Table:
-    table = Table(title=None, show_edge=False, pad_edge=False, box=None, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("Stage")
-    table.add_column("Status")
-    table.add_column("Tests", justify="right")
-    table.add_column("Points", justify="right")
-    table.add_column("Time", justify="right")
+    table = plain_table("#", "Stage", "Status", "Tests", "Points", "Time")
     for number, stage in enumerate(result.stages, 1):
         is_locked = stage.status == LOCKED
         table.add_row(
             str(number),
-            _stage_name(stage.name, stage.optional),
+            stage_label(stage.name, stage.optional),
             status_text(stage.label),
             "–" if is_locked else f"{stage.passed}/{stage.total}",
             f"{stage.score:g}/{stage.points}",
@@ -267,23 +272,12 @@ def render(
 
 def render_list(console: Console, chapters: dict[str, Chapter]) -> None:
     for chapter in chapters.values():
-        table = Table(
-            title=Text(f"{chapter.name} · {chapter.title}", style="bold"),
-            title_justify="left",
-            show_edge=False,
-            pad_edge=False,
-            box=None,
-            header_style="bold",
-        )
-        table.add_column("#", justify="right", style="dim")
-        table.add_column("Stage")
-        table.add_column("What you build")
-        table.add_column("Files")
-        table.add_column("Points", justify="right")
+        console.print(Text(f"{chapter.name} · {chapter.title}", style="bold"))
+        table = plain_table("#", "Stage", "What you build", "Files", "Points")
         for number, stage in enumerate(chapter.stages, 1):
             table.add_row(
                 str(number),
-                _stage_name(stage.name, stage.optional),
+                stage_label(stage.name, stage.optional),
                 stage.title,
                 ", ".join(stage.files),
                 str(stage.points),

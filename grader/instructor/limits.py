@@ -5,8 +5,7 @@ itself with ``COMMAND`` (``os.execv``: same process, same process group, so the 
 time limit and signal handling see the command itself). The batch grader puts this in front of
 every stage's pytest command (``Sandbox.prefix``). An exec wrapper rather than ``preexec_fn``:
 the batch grades submissions from several threads, and ``preexec_fn`` is not safe to use while
-other threads run (see the ``subprocess`` documentation); :func:`preexec` is there for
-single-threaded callers.
+other threads run (see the ``subprocess`` documentation).
 
 - memory (``RLIMIT_AS``, address space): default 6 GiB. torch maps about 1-2 GiB of address
   space just to import, so below about 3 GiB even a correct submission fails; 6 GiB leaves room
@@ -25,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 
 try:
     import resource
@@ -73,11 +71,6 @@ def prefix(
         f"{output_mb or 0:g}",
         "--",
     )
-
-
-def preexec(memory_mb: float | None, output_mb: float | None) -> Callable[[], None]:
-    """A ``preexec_fn`` for ``subprocess.Popen`` in a program without other threads."""
-    return lambda: apply(memory_mb, output_mb)
 
 
 def main(argv: list[str] | None = None) -> None:
