@@ -1,7 +1,12 @@
 """The command line: ``python -m grader ch2`` (the short form of ``python -m grader grade ch2``).
 
-Exit codes: 0 when every stage graded passed, 1 when any did not, 2 for a usage error (unknown
-chapter or stage, a tree folder that does not exist), which is reported in one line.
+Every command and option is defined here; the commands themselves live in :mod:`grader.learner`
+(status, hint, reset, solution), :mod:`grader.watch` and, for instructors, in
+:mod:`grader.instructor` (``batch``, and the report formats behind ``--json``, ``--junit`` and
+``--gradescope``), which is imported only when one of those is asked for.
+
+Exit codes (:mod:`grader.statuses`): 0 when every stage graded passed, 1 when any did not, 2 for
+a usage error (unknown chapter or stage, a tree folder that does not exist), reported in one line.
 """
 
 from __future__ import annotations
@@ -10,15 +15,13 @@ import argparse
 import os
 import sys
 
-from . import batch, learner, manifest
-from .formats import write_gradescope, write_junit
-from .report import write_json
+from . import learner, manifest
 from .runner import grade, select_stages
+from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, make_console, render, render_list
 
-COMMANDS = ("grade", "list", "batch", *learner.COMMANDS)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("grade", "list", "status", "watch", "hint", "reset", "solution", "batch")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,24 +31,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: python -m grader --help)")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The top-level parser (for --help) and one parser per command."""
+def _tree_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tree",
+        default="exercises",
+        help="the code: exercises (default), solutions, or the path of a copy of the exercises",
+    )
+
+
+def build_parser(
+    instructor: bool = False,
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (for --help) and one parser per command. ``batch`` gets its options
+    only with ``instructor`` (they come from :mod:`grader.instructor.batch`)."""
     parser = _Parser(
         prog="python -m grader",
         description="Grade your code stage by stage. `python -m grader ch2` is short for "
         "`python -m grader grade ch2`.",
     )
     commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    chapters = "the chapter: " + ", ".join(manifest.CHAPTERS)
 
     g = commands.add_parser("grade", help="run a chapter's stages against a tree of code")
-    g.add_argument("chapter", help="the chapter to grade: " + ", ".join(manifest.CHAPTERS))
+    g.add_argument("chapter", help=chapters)
     g.add_argument("stage_name", nargs="?", metavar="STAGE", help="grade only this stage")
-    g.add_argument(
-        "--tree",
-        default="exercises",
-        help="the code to grade: exercises (default), solutions, or the path of a copy of the "
-        "exercises",
-    )
+    _tree_option(g)
     which = g.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="run every stage, even after a failure")
     which.add_argument("--stage", metavar="NAME", help="run only this stage")
@@ -58,15 +68,58 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     g.add_argument("-v", "--verbose", action="store_true", help="list every test that failed")
 
     listing = commands.add_parser("list", help="show the chapters and their stages")
-    instructor = batch.add_parser(commands)
-    parsers = {"grade": g, "list": listing, "batch": instructor}
-    return parser, parsers | learner.add_parsers(commands)
+
+    status = commands.add_parser("status", help="where you are and what to do next (the default)")
+    _tree_option(status)
+
+    watch = commands.add_parser(
+        "watch", help="grade the current stage again every time you save a file"
+    )
+    watch.add_argument("chapter", help=chapters)
+    _tree_option(watch)
+    watch.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between scans (default 0.5)"
+    )
+
+    hint = commands.add_parser("hint", help="the next hint for a stage, one level per call")
+    hint.add_argument("chapter", help=chapters)
+    hint.add_argument("stage_name", nargs="?", metavar="STAGE", help="default: the current stage")
+    _tree_option(hint)
+    level = hint.add_mutually_exclusive_group()
+    level.add_argument("--level", type=int, metavar="N", help="show the hints up to level N")
+    level.add_argument("--reset", action="store_true", help="start the hints over")
+
+    reset = commands.add_parser("reset", help="put a stage's file(s) back to the pristine stub")
+    reset.add_argument("chapter", help=chapters)
+    reset.add_argument("stage_name", metavar="STAGE")
+    _tree_option(reset)
+    reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    solution = commands.add_parser(
+        "solution", help="the reference beside your code (a diff), once the stage has passed"
+    )
+    solution.add_argument("chapter", help=chapters)
+    solution.add_argument("stage_name", metavar="STAGE")
+    _tree_option(solution)
+    solution.add_argument(
+        "--rerun", action="store_true", help="grade the stage now instead of trusting the last run"
+    )
+
+    batch = commands.add_parser(
+        "batch", help="grade every learner's copy in a folder (instructors)"
+    )
+    if instructor:
+        from .instructor import batch as instructor_batch
+
+        instructor_batch.add_arguments(batch)
+    parsers = {"grade": g, "list": listing, "status": status, "watch": watch, "hint": hint}
+    return parser, parsers | {"reset": reset, "solution": solution, "batch": batch}
 
 
 def run(argv: list[str]) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["grade", *argv]
-    parser, commands = build_parser()
+    parser, commands = build_parser(instructor=argv[:1] == ["batch"])
     if argv and argv[0] in commands:
         # Intermixed, so that `grade ch2 --tree T attention` finds the stage after an option.
         args = commands[argv[0]].parse_intermixed_args(argv[1:])
@@ -74,44 +127,64 @@ def run(argv: list[str]) -> int:
     else:
         args = parser.parse_args(argv)
     console = make_console()
-    if args.command is None:  # `python -m grader`: where the learner is, what to do next
-        return learner.show_status(console)
+    if args.command in (None, "status"):  # where the learner is, what to do next
+        return learner.show_status(console, getattr(args, "tree", "exercises"))
     if args.command == "list":
         render_list(console, manifest.CHAPTERS)
         return EXIT_OK
-    if args.command in learner.COMMANDS:
-        return learner.run(args, console)
-    if args.command == "batch":
-        return batch.run(args, learner.chapter_named(args.chapter), console)
-
     chapter = learner.chapter_named(args.chapter)
+    if args.command == "batch":
+        from .instructor import batch
+
+        return batch.run(args, chapter, console)
+    resolve_tree(args.tree)  # a missing folder is a usage error before anything runs
+    if args.command == "watch":
+        from .watch import watch
+
+        return watch(chapter, args.tree, console=console, interval=args.interval)
+    if args.command == "hint":
+        return learner.show_hint(
+            console, chapter, args.stage_name, args.tree, args.level, args.reset
+        )
+    if args.command == "reset":
+        stage = learner.stage_named(chapter, args.stage_name)
+        return learner.reset_stage(console, chapter, stage, args.tree, yes=args.yes)
+    if args.command == "solution":
+        stage = learner.stage_named(chapter, args.stage_name)
+        return learner.show_solution(console, chapter, stage, args.tree, rerun=args.rerun)
+    return _grade(args, chapter, console)
+
+
+def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
     if args.stage and args.stage_name and args.stage != args.stage_name:
         raise UsageError(f"two different stages given: {args.stage_name!r} and {args.stage!r}")
     only = args.stage or args.stage_name
     if only is not None and args.all:
         raise UsageError("--all and a single stage cannot be used together")
-    resolve_tree(args.tree)  # a missing folder is a usage error before anything runs
-    select_stages(chapter, only)  # and so is an unknown stage
+    select_stages(chapter, only)  # an unknown stage is a usage error before anything runs
     if args.hidden:
         os.environ["GRADER_HIDDEN"] = "1"  # the stage subprocesses inherit it
 
-    progress = LiveProgress(console, chapter)
+    live = LiveProgress(console, chapter)
     with learner.grading_session() as session:  # stages may leave artifacts (e2e text, losses)
         try:
-            result = grade(chapter, args.tree, only=only, run_all=args.all, progress=progress)
+            result = grade(chapter, args.tree, only=only, run_all=args.all, listener=live)
         finally:
-            progress.close()
-        render(console, result, verbose=args.verbose)
-        learner.after_grade(console, result, session)  # saved progress, artifacts shown
-    if args.json:
-        write_json(result, args.json)
-        console.print(f"JSON report: {args.json}", style="dim")
-    if args.junit:
-        write_junit(result, args.junit)
-        console.print(f"JUnit report: {args.junit}", style="dim")
-    if args.gradescope:
-        write_gradescope(result, args.gradescope)
-        console.print(f"Gradescope results: {args.gradescope}", style="dim")
+            live.close()
+        learner.record(result)
+        render(console, result, verbose=args.verbose, hints_seen=learner.hints_seen(result))
+        learner.show_session_artifacts(console, result, session)
+    if args.json or args.junit or args.gradescope:
+        from .instructor import formats, report  # only when a report is asked for
+
+        for path, write, label in (
+            (args.json, report.write_json, "JSON report"),
+            (args.junit, formats.write_junit, "JUnit report"),
+            (args.gradescope, formats.write_gradescope, "Gradescope results"),
+        ):
+            if path:
+                write(result, path)
+                console.print(f"{label}: {path}", style="dim")
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

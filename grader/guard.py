@@ -29,9 +29,9 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from .statuses import RESULTS_ENV
+from .tree import REPO_ROOT, tree_path
 
 SWITCH_ENV = "GRADER_GUARD"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BLOCKED_IMPORTS = frozenset({"solutions", "exercises", "grader", "tests"})
 # Objects whose functions and classes the code under test must leave alone.
 WATCHED = (
@@ -217,20 +217,12 @@ class _Finder:
         return None
 
 
-def _tree() -> Path | None:
-    try:
-        from grader.tree import tree_path
-    except ImportError:
-        return None
-    return tree_path()
-
-
 def pytest_configure(config) -> None:
     results = os.environ.get(RESULTS_ENV)
     if not results or os.environ.get(SWITCH_ENV) == "0":
         return
-    tree = _tree()
-    if tree is None or tree == REPO_ROOT / "solutions":
+    tree = tree_path()
+    if tree == REPO_ROOT / "solutions":
         return
     guard = Guard(tree, results)
     guard.take_snapshot()

@@ -1,26 +1,24 @@
 """The learner's loop: where am I, what next, a hint, start a stage over, compare with the reference.
 
-Commands (wired into :mod:`grader.cli`)::
+The commands (their options are in :mod:`grader.cli`)::
 
     python -m grader                           # where you are and the exact command to run next
     python -m grader status [--tree T]         # the same, for any tree
-    python -m grader watch ch2 [--tree T]      # rerun the current stage on every save (grader.watch)
     python -m grader hint ch2 [STAGE]          # the next hint, from a nudge to the exact idea
     python -m grader reset ch2 STAGE [--yes]   # the stage's files back to the stub, with a backup
     python -m grader solution ch2 STAGE        # the reference beside your code, once it passes
 
-Everything reads and writes the saved progress of :mod:`grader.progress`; nothing here runs a
-test except ``solution --rerun`` and ``watch`` (through :mod:`grader.runner`). A request the grader
-will not serve (an unknown stage, ``reset`` without confirmation, ``solution`` before the stage
-passes) raises :class:`~grader.tree.UsageError`: one line on stderr, exit code 2.
+and what a grading run (``grade``, ``watch``: :mod:`grader.watch`) does before and after its
+stages. Everything reads and writes the saved progress of :mod:`grader.progress`; nothing here runs
+a test except :func:`grade_stage` (``solution --rerun``, ``watch``). A request the grader will not
+serve (an unknown stage, ``reset`` without confirmation, ``solution`` before the stage passes)
+raises :class:`~grader.tree.UsageError`: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,95 +26,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.panel import Panel
 from rich.syntax import Syntax
-from rich.table import Table
 from rich.text import Text
 
-from . import artifacts, manifest, progress, stubs, ui
+from . import artifacts, manifest, progress, stubs
 from .manifest import Chapter, Stage
-from .progress import NOT_RUN_YET, Progress
-from .runner import ChapterResult, StageResult, run_stage, select_stages
-from .statuses import LOCKED, PASSED
-from .stubs import BEGIN, END, STUB
+from .progress import Progress
+from .results import ChapterResult, StageResult
+from .runner import run_stage, select_stages
+from .statuses import EXIT_OK, LOCKED, NOT_RUN, PASSED
 from .tree import UsageError, resolve_tree
-from .ui import LiveProgress, status_text, tree_file
-
-COMMANDS = ("status", "watch", "hint", "reset", "solution")
-EXIT_OK = 0
-MARKS = ui.MARKS | {NOT_RUN_YET: "·"}  # a stage this tree has not run yet
-
-
-# -- the command line -----------------------------------------------------------------------
-
-
-def _tree_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tree",
-        default="exercises",
-        help="the code: exercises (default), solutions, or the path of a copy of the exercises",
-    )
-
-
-def add_parsers(commands) -> dict[str, argparse.ArgumentParser]:
-    """Add this module's commands to the subparsers ``commands``; returns them by name."""
-    chapters = ", ".join(manifest.CHAPTERS)
-    status = commands.add_parser("status", help="where you are and what to do next (the default)")
-    _tree_option(status)
-
-    watch = commands.add_parser(
-        "watch", help="grade the current stage again every time you save a file"
-    )
-    watch.add_argument("chapter", help=f"the chapter: {chapters}")
-    _tree_option(watch)
-    watch.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between scans (default 0.5)"
-    )
-
-    hint = commands.add_parser("hint", help="the next hint for a stage, one level per call")
-    hint.add_argument("chapter", help=f"the chapter: {chapters}")
-    hint.add_argument("stage_name", nargs="?", metavar="STAGE", help="default: the current stage")
-    _tree_option(hint)
-    which = hint.add_mutually_exclusive_group()
-    which.add_argument("--level", type=int, metavar="N", help="show the hints up to level N")
-    which.add_argument("--reset", action="store_true", help="start the hints over")
-
-    reset = commands.add_parser("reset", help="put a stage's file(s) back to the pristine stub")
-    reset.add_argument("chapter", help=f"the chapter: {chapters}")
-    reset.add_argument("stage_name", metavar="STAGE")
-    _tree_option(reset)
-    reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-
-    solution = commands.add_parser(
-        "solution", help="the reference beside your code (a diff), once the stage has passed"
-    )
-    solution.add_argument("chapter", help=f"the chapter: {chapters}")
-    solution.add_argument("stage_name", metavar="STAGE")
-    _tree_option(solution)
-    solution.add_argument(
-        "--rerun", action="store_true", help="grade the stage now instead of trusting the last run"
-    )
-    return {"status": status, "watch": watch, "hint": hint, "reset": reset, "solution": solution}
-
-
-def run(args: argparse.Namespace, console: Console) -> int:
-    """Run one of :data:`COMMANDS` (``args.command``)."""
-    if args.command == "status":
-        return show_status(console, args.tree)
-    chapter = chapter_named(args.chapter)
-    resolve_tree(args.tree)  # a missing folder is a usage error before anything else
-    if args.command == "watch":
-        from .watch import watch
-
-        return watch(chapter, args.tree, console=console, interval=args.interval)
-    if args.command == "hint":
-        return show_hint(console, chapter, args.stage_name, args.tree, args.level, args.reset)
-    stage = stage_named(chapter, args.stage_name)
-    if args.command == "reset":
-        return reset_stage(console, chapter, stage, args.tree, yes=args.yes)
-    if args.command == "solution":
-        return show_solution(console, chapter, stage, args.tree, rerun=args.rerun)
-    raise UsageError(f"unknown command {args.command!r}")
+from .ui import (
+    MARKS,
+    LiveProgress,
+    command,
+    field,
+    numbered,
+    plain_table,
+    show_artifacts,
+    stage_label,
+    status_text,
+    tree_file,
+    wrapped_field,
+)
 
 
 def chapter_named(name: str) -> Chapter:
@@ -128,39 +60,6 @@ def chapter_named(name: str) -> Chapter:
 
 def stage_named(chapter: Chapter, name: str) -> Stage:
     return select_stages(chapter, name)[0]
-
-
-def command(*words: str, tree: str = "exercises") -> str:
-    """The exact command line to type: ``python -m grader ch2 attention [--tree T]``."""
-    parts = ["python", "-m", "grader", *words]
-    if tree != "exercises":
-        parts += ["--tree", tree]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def _numbered(console: Console, items: list[tuple[int, str, str]]) -> None:
-    """``  1. text`` lines whose continuation lines stay indented under the text."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(justify="right", width=4)
-    grid.add_column()
-    for number, text, style in items:
-        grid.add_row(Text(f"{number}.", style=style), Text(text, style=style))
-    console.print(grid)
-
-
-def _wrapped_field(console: Console, label: str, value: str | Text) -> None:
-    """A labelled field whose long text wraps under itself, not under the label."""
-    grid = Table.grid()
-    grid.add_column(width=9, style="bold")
-    grid.add_column()
-    grid.add_row("  " + label, value)
-    console.print(grid)
-
-
-def _field(label: str, value: str | Text, style: str = "") -> Text:
-    line = Text("  " + label.ljust(7), style="bold")
-    line.append_text(value if isinstance(value, Text) else Text(value, style=style))
-    return line
 
 
 # -- status: python -m grader ---------------------------------------------------------------
@@ -184,23 +83,15 @@ def show_status(console: Console, tree: str = "exercises") -> int:
     console.print()
     for chapter in manifest.CHAPTERS.values():
         passed = sum(state.passed(chapter.name, s.name) for s in chapter.stages)
-        table = Table(
-            title=Text.assemble(
+        required = sum(not s.optional for s in chapter.stages)
+        optional = f" ({required} required)" if required < len(chapter.stages) else ""
+        console.print(
+            Text.assemble(
                 (f"{chapter.name} · {chapter.title}", "bold"),
-                (f"   {passed}/{len(chapter.stages)} stages passed", "dim"),
-            ),
-            title_justify="left",
-            show_edge=False,
-            pad_edge=False,
-            box=None,
-            header_style="bold",
+                (f"   {passed}/{len(chapter.stages)} stages passed{optional}", "dim"),
+            )
         )
-        table.add_column("", width=1)
-        table.add_column("#", justify="right", style="dim")
-        table.add_column("Stage")
-        table.add_column("Status")
-        table.add_column("Tests", justify="right")
-        table.add_column("Last run", style="dim")
+        table = plain_table("", "#", "Stage", "Status", "Tests", "Last run")
         for number, stage in enumerate(chapter.stages, 1):
             entry = state.entry(chapter.name, stage.name) or {}
             status = state.status(chapter.name, stage.name)
@@ -210,7 +101,7 @@ def show_status(console: Console, tree: str = "exercises") -> int:
             table.add_row(
                 MARKS.get(status, "✗"),
                 str(number),
-                stage.name,
+                stage_label(stage.name, stage.optional),
                 status_text(status),
                 tests,
                 str(entry.get("at", "")).replace("T", " "),
@@ -237,22 +128,22 @@ def show_status(console: Console, tree: str = "exercises") -> int:
         status.append_text(status_text(str(last.get("status"))))
         if last.get("message"):
             status.append(f": {last['message']}")
-        _wrapped_field(console, "Status:", status)
+        wrapped_field(console, "Status:", status)
     folder = resolve_tree(tree)[1]
     edit = ", ".join(tree_file(folder, f) for f in stage.files)
-    console.print(_field("Edit:", edit), soft_wrap=True)
+    console.print(field("Edit:", edit), soft_wrap=True)
     if stage.hints:
-        _wrapped_field(console, "Hint:", stage.hints[0])
-    console.print(_field("Read:", stage.doc))
+        wrapped_field(console, "Hint:", stage.hints[0])
+    console.print(field("Read:", stage.doc))
     console.print(
-        _field("Run:", command(chapter.name, stage.name, tree=tree), style="bold"), soft_wrap=True
+        field("Run:", command(chapter.name, stage.name, tree=tree), style="bold"), soft_wrap=True
     )
     console.print(
-        _field("", f"{command('watch', chapter.name, tree=tree)}   (reruns it on every save)"),
+        field("", f"{command('watch', chapter.name, tree=tree)}   (reruns it on every save)"),
         soft_wrap=True,
     )
     console.print(
-        _field("More:", command("hint", chapter.name, stage.name, tree=tree)), soft_wrap=True
+        field("More:", command("hint", chapter.name, stage.name, tree=tree)), soft_wrap=True
     )
     return EXIT_OK
 
@@ -299,7 +190,7 @@ def show_hint(
         new = seen + 1
     if new > len(hints):  # every level already seen: recap, and where to go from here
         console.print(Text(f"{name}: all {len(hints)} hint(s)", style="bold"))
-        _numbered(console, [(n, text, "") for n, text in enumerate(hints, 1)])
+        numbered(console, [(n, text, "") for n, text in enumerate(hints, 1)])
         console.print(
             Text(f"No more hints for {name}. Read {stage.doc}; once the stage passes, ")
             + Text(command("solution", chapter.name, stage.name, tree=tree), style="bold")
@@ -310,7 +201,7 @@ def show_hint(
     state.set_hint_level(chapter.name, stage.name, new)
     state.save()
     console.print(Text(f"{name}: hint {new} of {len(hints)}", style="bold"))
-    _numbered(
+    numbered(
         console,
         [(n, text, "bold" if n == new else "dim") for n, text in enumerate(hints[:new], 1)],
     )
@@ -403,24 +294,6 @@ def reset_stage(
 # -- solution -------------------------------------------------------------------------------
 
 
-def reference_text(rel: str) -> str:
-    """The reference file as a learner would write it: no solution markers, no stub comments."""
-    out, in_stub = [], False
-    for line in (stubs.SOLUTIONS / rel).read_text(encoding="utf-8").splitlines(keepends=True):
-        mark = line.strip()
-        if mark == BEGIN:
-            continue
-        if mark == END:
-            in_stub = False
-            continue
-        if mark == STUB:
-            in_stub = True
-            continue
-        if not in_stub:
-            out.append(line)
-    return "".join(out)
-
-
 def solution_diff(folder: Path, rel: str) -> str:
     """The unified diff from the learner's ``rel`` to the reference (empty when the same)."""
     path = folder / rel
@@ -428,7 +301,7 @@ def solution_diff(folder: Path, rel: str) -> str:
     return "".join(
         difflib.unified_diff(
             mine.splitlines(keepends=True),
-            reference_text(rel).splitlines(keepends=True),
+            stubs.reference_text(rel).splitlines(keepends=True),
             fromfile=f"yours/{rel}",
             tofile=f"reference/{rel}",
         )
@@ -453,7 +326,7 @@ def show_solution(
     else:
         status = Progress.load(tree).status(chapter.name, stage.name)
     if status != PASSED:
-        why = "it has not been run yet" if status == NOT_RUN_YET else f"its last run: {status}"
+        why = "it has not been run yet" if status == NOT_RUN else f"its last run: {status}"
         raise UsageError(
             f"the reference for {name} is shown once the stage passes ({why}): "
             f"{command(chapter.name, stage.name, tree=tree)}"
@@ -481,7 +354,7 @@ StageRunner = Callable[[Chapter, Stage, str, LiveProgress], StageResult]
 
 def run_live(chapter: Chapter, stage: Stage, tree: str, live: LiveProgress) -> StageResult:
     """Run the stage, telling ``live`` about every test that finishes."""
-    return run_stage(chapter, stage, tree, progress=live)
+    return run_stage(chapter, stage, tree, listener=live)
 
 
 def grade_stage(
@@ -495,12 +368,9 @@ def grade_stage(
         result = run(chapter, stage, tree, live)
     finally:
         live.close()
-    live.stage_finished(stage, result)
     progress.record(tree, [result])
+    live.stage_finished(stage, result)
     return result
-
-
-# -- after a grading run --------------------------------------------------------------------
 
 
 @dataclass
@@ -517,55 +387,20 @@ def grading_session() -> Iterator[Session]:
         yield Session(folder)
 
 
-def after_grade(console: Console, result: ChapterResult, session: Session) -> None:
-    """Save the run into the progress state and show what end-to-end stages left behind."""
+def record(result: ChapterResult) -> None:
+    """Save the run into the tree's progress state."""
     progress.record(result.tree, result.stages)
+
+
+def hints_seen(result: ChapterResult) -> dict[str, int]:
+    """The hint level the learner has reached in each stage of ``result`` (0: none yet)."""
+    with contextlib.suppress(OSError, UsageError):
+        state = Progress.load(result.tree)
+        return {s.name: state.hint_level(result.chapter, s.name) for s in result.stages}
+    return {}
+
+
+def show_session_artifacts(console: Console, result: ChapterResult, session: Session) -> None:
+    """What the end-to-end stages of this run left behind: generated text, the loss curve."""
     ran = [s.name for s in result.stages if s.status != LOCKED]
     show_artifacts(console, artifacts.collect(session.artifacts, ran), result.chapter, result.tree)
-
-
-def show_artifacts(
-    console: Console,
-    found: list[artifacts.Artifact],
-    chapter: str,
-    tree: str,
-    plot: Callable[[artifacts.Artifact, Path], Path | None] = artifacts.plot_losses,
-) -> None:
-    """Generated text in a panel; the loss curve as a PNG (matplotlib) or a sparkline."""
-    for art in found:
-        console.print()
-        console.print(Text(art.title or f"{chapter} · {art.stage}: what your model does", "bold"))
-        if art.samples:
-            for line in art.samples:
-                console.print(Text("  " + line))
-        if art.sample:
-            console.print(Panel(Text(art.sample), title="generated text", title_align="left"))
-        if art.losses:
-            first, last = art.losses[0], art.losses[-1]
-            numbers = f"loss {first:.3f} → {last:.3f} over {len(art.losses)} steps"
-            if art.val_loss is not None:
-                numbers += f", validation loss {art.val_loss:.3f}"
-            console.print(_field("Loss:", numbers))
-            console.print(_field("", artifacts.sparkline(art.losses), style="cyan"))
-            key = progress.tree_key(tree)
-            target = progress.state_dir() / "artifacts" / key / f"{chapter}-{art.stage}-loss.png"
-            picture = None
-            with contextlib.suppress(Exception):  # a broken matplotlib never breaks grading
-                picture = plot(art, target)
-            if picture is not None:
-                console.print(
-                    _field("Curve:", tree_file(picture.parent, picture.name)), soft_wrap=True
-                )
-        elif art.val_loss is not None:
-            console.print(_field("Loss:", f"validation loss {art.val_loss:.3f}"))
-
-
-__all__ = [
-    "COMMANDS",
-    "add_parsers",
-    "after_grade",
-    "grading_session",
-    "reference_text",
-    "run",
-    "show_status",
-]

@@ -2,12 +2,45 @@
 
 Everything else (the grader, the stub generator, the docs tests, the README) reads this file. A
 stage is one pytest file run against one tree; its ``files`` are the tree-relative modules the
-learner edits for it; its ``hints`` go from a nudge to the exact idea, one level per request.
+learner edits for it; its ``hints`` go from a nudge to the exact idea, one level per request. A
+hint written as ``Hint(text, tests=(...))`` is the one shown under a failure of those tests (any
+other failure shows the stage's first hint).
+
+Time limits. ``test_timeout`` (seconds per test) follows one rule, so that a hung learner hears
+"timed out" within seconds while a correct but slower learner is never cut off:
+
+    test_timeout = max(MIN_TEST_TIMEOUT, MARGIN * slowest reference test of the stage),
+
+rounded up to a whole 5 s, the reference timed on 2 idle cores. ``MARGIN`` = 10 covers a loaded
+machine (about 3x) times a learner's correct code that is about 3x slower than the reference;
+``MIN_TEST_TIMEOUT`` = 10 s covers the first test of a stage, which pays torch's warm-up (0.4-0.9 s
+idle, about 3 s at a load of 7 on 2 cores). ``python -m grader.timing`` times the reference and
+prints the limit the rule gives beside the manifest's; ``--check`` fails when the reference takes
+more than ``test_timeout / MARGIN``. The first test that times out ends its stage (the runner
+enforces the limit itself, see ``grader/runner.py``), so a hang costs one limit, not one per test.
+``time_limit`` bounds the whole stage process, collection included.
+
+An ``optional`` stage never locks the stages after it, and a chapter counts as passed without it;
+its points are extra credit (not part of the chapter's maximum score).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+MARGIN = 10.0  # test_timeout / slowest reference test, at least (see the module docstring)
+MIN_TEST_TIMEOUT = 10.0  # seconds: a stage's first test pays torch's warm-up
+
+
+class Hint(str):
+    """A hint that names the tests it is for: shown under a failure of one of them."""
+
+    tests: tuple[str, ...]
+
+    def __new__(cls, text: str, tests: tuple[str, ...] = ()) -> Hint:
+        hint = super().__new__(cls, text)
+        hint.tests = tuple(tests)
+        return hint
 
 
 @dataclass(frozen=True)
@@ -17,10 +50,20 @@ class Stage:
     tests: str  # repo-relative pytest file
     files: tuple[str, ...]  # tree-relative files the learner edits for this stage
     doc: str  # repo-relative chapter section that teaches it
-    hints: tuple[str, ...]  # from a nudge to the exact idea
+    hints: tuple[str, ...]  # from a nudge to the exact idea (a Hint names the tests it fits)
     points: int = 10
-    test_timeout: float = 60.0  # seconds per test (pytest-timeout)
+    test_timeout: float = MIN_TEST_TIMEOUT  # seconds per test (the rule above)
     time_limit: float = 240.0  # seconds for the whole stage subprocess
+    optional: bool = False  # locks nothing, not needed to pass, its points are extra credit
+
+    def hint_for(self, test_name: str | None) -> tuple[int, str]:
+        """``(level, text)`` of the hint that fits ``test_name``, else the first; (0, "")
+        when the stage has none."""
+        base = (test_name or "").partition("[")[0]  # test_x[param] is test_x's
+        for level, hint in enumerate(self.hints, 1):
+            if base in getattr(hint, "tests", ()):
+                return level, hint
+        return (1, self.hints[0]) if self.hints else (0, "")
 
 
 @dataclass(frozen=True)
@@ -50,11 +93,32 @@ CH2 = Chapter(
             hints=(
                 "Start with scaled_dot_product_attention: scores = q @ k^T / sqrt(d_k), then softmax "
                 "over the last dimension, then weights @ v.",
-                "Masks are boolean and True means 'may attend': fill the scores where the mask is "
-                "False with -inf before the softmax, then set the weights where the mask is False "
-                "to 0 (a row that was all -inf is NaN after softmax). Return (output, weights).",
-                "MultiHeadAttention: project, then view (B, T, d_model) as (B, T, h, d_k) and "
-                "transpose to (B, h, T, d_k) so every head is computed in one batched call.",
+                Hint(
+                    "Masks are boolean and True means 'may attend': fill the scores where the mask is "
+                    "False with -inf before the softmax, then set the weights where the mask is False "
+                    "to 0 (a row that was all -inf is NaN after softmax). Return (output, weights).",
+                    tests=(
+                        "test_sdpa_mask_matches_torch",
+                        "test_sdpa_fully_masked_query_gives_zeros",
+                        "test_sdpa_rejects_non_boolean_mask",
+                        "test_causal_mask",
+                        "test_padding_mask",
+                        "test_mha_fully_masked_query_is_not_nan",
+                        "test_mha_padded_keys_change_nothing",
+                        "test_mha_causal_outputs_ignore_the_future",
+                    ),
+                ),
+                Hint(
+                    "MultiHeadAttention: project, then view (B, T, d_model) as (B, T, h, d_k) and "
+                    "transpose to (B, h, T, d_k) so every head is computed in one batched call.",
+                    tests=(
+                        "test_mha_rejects_heads_that_do_not_divide_d_model",
+                        "test_mha_projections",
+                        "test_mha_matches_torch_self_attention",
+                        "test_mha_matches_torch_cross_attention",
+                        "test_mha_computes_all_heads_at_once",
+                    ),
+                ),
             ),
         ),
         Stage(
@@ -66,9 +130,22 @@ CH2 = Chapter(
             hints=(
                 "LayerNorm normalises over the last dimension with the biased variance "
                 "(unbiased=False), then scales by weight and shifts by bias.",
-                "PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)).",
-                "Post-LN: x = norm(x + sublayer(x)). Pre-LN (norm_first=True): "
-                "x = x + sublayer(norm(x)).",
+                Hint(
+                    "PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)).",
+                    tests=(
+                        "test_positional_encoding_closed_form",
+                        "test_positional_encoding_rejects_odd_d_model",
+                    ),
+                ),
+                Hint(
+                    "Post-LN: x = norm(x + sublayer(x)). Pre-LN (norm_first=True): "
+                    "x = x + sublayer(norm(x)).",
+                    tests=(
+                        "test_encoder_block_matches_torch",
+                        "test_decoder_block_matches_torch",
+                        "test_decoder_block_is_causal",
+                    ),
+                ),
             ),
         ),
         Stage(
@@ -81,13 +158,32 @@ CH2 = Chapter(
                 "encode embeds the source (scaled by sqrt(d_model)) plus sinusoidal positions, then "
                 "runs the encoder blocks with a padding mask on the source; initialise both "
                 "embeddings with nn.init.normal_(weight, std=d_model ** -0.5).",
-                "decode needs two masks: the causal mask AND the target padding mask for "
-                "self-attention, and the source padding mask for cross-attention.",
-                "greedy_decode: start from BOS, append the argmax of the last position's logits, "
-                "and keep finished sequences padded once they have produced EOS.",
-                "beam_search: per sentence, score every (beam, token) as beam score + log_softmax, "
-                "keep the top (beam_size - finished) with topk over the flattened scores, move "
-                "those ending in EOS to the finished list; always call self.encode/self.decode.",
+                Hint(
+                    "decode needs two masks: the causal mask AND the target padding mask for "
+                    "self-attention, and the source padding mask for cross-attention.",
+                    tests=(
+                        "test_decoding_one_token_at_a_time_equals_teacher_forcing",
+                        "test_source_padding_changes_nothing",
+                    ),
+                ),
+                Hint(
+                    "greedy_decode: start from BOS, append the argmax of the last position's logits, "
+                    "and keep finished sequences padded once they have produced EOS.",
+                    tests=(
+                        "test_greedy_decode_stops_each_sequence_at_eos",
+                        "test_greedy_decode_follows_the_argmax",
+                    ),
+                ),
+                Hint(
+                    "beam_search: per sentence, score every (beam, token) as beam score + log_softmax, "
+                    "keep the top (beam_size - finished) with topk over the flattened scores, move "
+                    "those ending in EOS to the finished list; always call self.encode/self.decode.",
+                    tests=(
+                        "test_beam_size_one_equals_greedy",
+                        "test_beam_search_beats_myopic_greedy",
+                        "test_beam_search_length_penalty",
+                    ),
+                ),
             ),
         ),
         Stage(
@@ -122,16 +218,46 @@ CH3 = Chapter(
             hints=(
                 "SimpleTokenizer: sorted(set(text)) gives a stable vocabulary; keep two dicts, "
                 "char->id and id->char, and raise ValueError naming a character not in the first.",
-                "BPE works on bytes: start from the 256 single bytes, count adjacent pairs (a word "
-                "seen c times counts c times), merge the most frequent pair into a new id, repeat; "
-                "on equal counts the smallest pair (a, b) wins, and stop when no pair occurs twice.",
+                Hint(
+                    "BPE works on bytes: start from the 256 single bytes, count adjacent pairs (a word "
+                    "seen c times counts c times), merge the most frequent pair into a new id, repeat; "
+                    "on equal counts the smallest pair (a, b) wins, and stop when no pair occurs twice.",
+                    tests=(
+                        "test_merge_ids",
+                        "test_learn_merges_worked_example",
+                        "test_learn_merges_matches_naive_recount",
+                        "test_train_vocab_size_and_naive_merges",
+                    ),
+                ),
+                Hint(
+                    "_encode_chunk: repeatedly find the adjacent pair with the lowest rank in "
+                    "self._ranks and merge it everywhere with merge_ids; decode joins the tokens' bytes "
+                    "and decodes them with errors='replace'.",
+                    tests=(
+                        "test_encode_matches_training_segmentation",
+                        "test_round_trip_any_string",
+                        "test_long_text_without_pattern",
+                        "test_special_tokens_whole_and_never_merged",
+                        "test_decode_unknown_id_and_broken_utf8",
+                    ),
+                ),
+            ),
+        ),
+        Stage(
+            name="bpe_speed",
+            title="BPE training that updates its pair counts instead of recounting",
+            tests="tests/ch3/test_bpe_speed.py",
+            files=("ch3/tokenizer.py",),
+            doc="docs/chapter03/3_3_bpe_speed.md",
+            hints=(
+                "A recount is a pass over all the data for every merge; instead count the pairs "
+                "once, and after each merge change only the counts that merge touched.",
                 "Keep the pair counts up to date as you merge: merging (a, b) at one place only "
                 "turns (x, a) into (x, new) and (b, y) into (new, y), so store where each pair "
                 "occurs (a linked list over the symbols) and pick the best pair from a heap.",
-                "_encode_chunk: repeatedly find the adjacent pair with the lowest rank in "
-                "self._ranks and merge it everywhere with merge_ids; decode joins the tokens' bytes "
-                "and decodes them with errors='replace'.",
             ),
+            test_timeout=30.0,
+            optional=True,
         ),
         Stage(
             name="gpt",
@@ -143,13 +269,26 @@ CH3 = Chapter(
                 "Token embedding + learned position embedding, n_layer pre-LN blocks, a final "
                 "LayerNorm, and an LM head that shares its weight with the token embedding: "
                 "self.lm_head.weight = self.transformer.wte.weight.",
-                "Causal self-attention: one Linear makes q, k and v (c_attn), split, reshape to "
-                "(B, nh, T, hs), mask the future, and project back with c_proj.",
-                "GPT-2 init: normal(0, 0.02) everywhere, and std 0.02/sqrt(2*n_layer) for the "
-                "residual projections (attn.c_proj and mlp.c_proj).",
-                "Use the names of the module docstring exactly (transformer.wte, transformer.h[i]."
-                "attn.c_attn, ...): the tests and from_hf_state_dict look parameters up by name, "
-                "and parameters() counts a tied weight once.",
+                Hint(
+                    "Causal self-attention: one Linear makes q, k and v (c_attn), split, reshape to "
+                    "(B, nh, T, hs), mask the future, and project back with c_proj.",
+                    tests=("test_attention_matches_sdpa", "test_causality"),
+                ),
+                Hint(
+                    "GPT-2 init: normal(0, 0.02) everywhere, and std 0.02/sqrt(2*n_layer) for the "
+                    "residual projections (attn.c_proj and mlp.c_proj).",
+                    tests=("test_gpt2_initialisation", "test_loss_at_init_is_about_log_vocab"),
+                ),
+                Hint(
+                    "Use the names of the module docstring exactly (transformer.wte, transformer.h[i]."
+                    "attn.c_attn, ...): the tests and from_hf_state_dict look parameters up by name, "
+                    "and parameters() counts a tied weight once.",
+                    tests=(
+                        "test_parameter_names_follow_gpt2",
+                        "test_parameter_counts",
+                        "test_from_hf_state_dict_round_trip",
+                    ),
+                ),
             ),
         ),
         Stage(
@@ -161,10 +300,22 @@ CH3 = Chapter(
             hints=(
                 "Split the token stream first, then cut windows inside each split: a window that "
                 "crosses the split point leaks validation tokens into training.",
-                "Each sample is (x, y) with y = x shifted by one token.",
-                "The training order must depend only on (seed, epoch): WindowSampler.__iter__ "
-                "seeds a fresh torch.Generator from both every epoch, so a resumed run sees the "
-                "same batches.",
+                Hint(
+                    "Each sample is (x, y) with y = x shifted by one token.",
+                    tests=(
+                        "test_batches_are_windows_shifted_by_one",
+                        "test_real_text_windows_decode_to_the_text",
+                    ),
+                ),
+                Hint(
+                    "The training order must depend only on (seed, epoch): WindowSampler.__iter__ "
+                    "seeds a fresh torch.Generator from both every epoch, so a resumed run sees the "
+                    "same batches.",
+                    tests=(
+                        "test_training_order_is_shuffled_and_seeded",
+                        "test_window_sampler_is_a_permutation",
+                    ),
+                ),
             ),
         ),
         Stage(
@@ -176,14 +327,28 @@ CH3 = Chapter(
             hints=(
                 "get_lr: linear warm-up from 0 to the peak over warmup_steps, then cosine decay to "
                 "min_lr at max_steps.",
-                "Set param_group['lr'] = get_lr(step) for every group before every optimizer step: a "
-                "schedule that is computed but never written to the optimizer does nothing.",
-                "Accumulation: divide each micro-batch loss by the number of micro-batches before "
-                "backward, and step once.",
-                "Exact resume: the checkpoint needs the model, the optimizer, the step, "
-                "torch.get_rng_state() and where the data was (epoch, batch_in_epoch); write it to "
-                "a temporary file and os.replace it onto the real name.",
+                Hint(
+                    "Set param_group['lr'] = get_lr(step) for every group before every optimizer step: a "
+                    "schedule that is computed but never written to the optimizer does nothing.",
+                    tests=("test_optimizer_uses_the_scheduled_lr_at_every_step",),
+                ),
+                Hint(
+                    "Accumulation: divide each micro-batch loss by the number of micro-batches before "
+                    "backward, and step once.",
+                    tests=("test_accumulating_4_by_2_gives_the_gradient_of_one_batch_of_8",),
+                ),
+                Hint(
+                    "Exact resume: the checkpoint needs the model, the optimizer, the step, "
+                    "torch.get_rng_state() and where the data was (epoch, batch_in_epoch); write it to "
+                    "a temporary file and os.replace it onto the real name.",
+                    tests=(
+                        "test_checkpoint_holds_everything_and_loads_safely",
+                        "test_checkpoint_is_written_atomically",
+                        "test_resumed_run_gives_exactly_the_same_losses",
+                    ),
+                ),
             ),
+            test_timeout=15.0,
             time_limit=300.0,
         ),
         Stage(
@@ -195,9 +360,20 @@ CH3 = Chapter(
             hints=(
                 "Crop the context to the last block_size tokens, take the last position's logits, "
                 "divide by the temperature, sample, append, repeat.",
-                "top-k: keep the k largest logits and set the rest to -inf. top-p: sort the "
-                "probabilities, keep the smallest prefix whose sum reaches p (always at least one).",
-                "temperature == 0 is greedy: take the argmax and never divide by the temperature.",
+                Hint(
+                    "top-k: keep the k largest logits and set the rest to -inf. top-p: sort the "
+                    "probabilities, keep the smallest prefix whose sum reaches p (always at least one).",
+                    tests=(
+                        "test_top_k_keeps_the_k_most_likely_renormalised",
+                        "test_top_p_keeps_the_smallest_nucleus",
+                        "test_filter_logits_masks_with_minus_infinity",
+                        "test_top_p_nucleus_is_chosen_row_by_row",
+                    ),
+                ),
+                Hint(
+                    "temperature == 0 is greedy: take the argmax and never divide by the temperature.",
+                    tests=("test_temperature_zero_is_greedy",),
+                ),
             ),
         ),
         Stage(

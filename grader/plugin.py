@@ -48,6 +48,7 @@ from .statuses import (
     SKIPPED,
     TIMED_OUT,
 )
+from .tree import PACKAGE, tree_path
 
 # Exceptions that mean Python could not load or resolve the learner's code at all.
 _LOAD_ERRORS = (SyntaxError, ImportError, NameError)
@@ -55,16 +56,6 @@ _TIMEOUT_PREFIX = "Timeout (>"  # pytest-timeout's message, signal method
 _MAX_MESSAGE = 600
 _OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "not enough memory")
 HIDDEN_ENV = "GRADER_HIDDEN"  # "1": run the tests marked hidden (an instructor's run)
-PACKAGE = "llm_tree"  # the name grader/tree.py imports the tree under
-
-
-def _tree_root() -> Path | None:
-    try:
-        from grader.tree import tree_path
-    except ImportError:  # the plugin used outside this repository
-        value = os.environ.get("LLMFS_TREE")
-        return Path(value).resolve() if value else None
-    return tree_path()
 
 
 class _Places:
@@ -215,7 +206,7 @@ def classify(exc: BaseException, places: _Places) -> dict[str, Any]:
 class GraderPlugin:
     def __init__(self, path: str) -> None:
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- closed at unconfigure
-        self.places = _Places(_tree_root())
+        self.places = _Places(tree_path())
         self._tests: dict[str, dict[str, Any]] = {}
         self._collect: dict[str, dict[str, Any]] = {}
         self._install_exit_hook()

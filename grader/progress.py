@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Chapter, Stage
-from .runner import StageResult
-from .statuses import LOCKED, PASSED
+from .results import StageResult
+from .statuses import LOCKED, NOT_RUN, PASSED
 from .tree import REPO_ROOT, resolve_tree
 
 SCHEMA = "llmfs-progress/1"
 STATE_ENV = "GRADER_STATE_DIR"
-NOT_RUN_YET = "not run yet"
 
 
 def state_dir() -> Path:
@@ -164,14 +163,18 @@ class Progress:
 
     def status(self, chapter: str, stage: str) -> str:
         record = self.entry(chapter, stage)
-        return str(record.get("status", NOT_RUN_YET)) if record else NOT_RUN_YET
+        return str(record.get("status", NOT_RUN)) if record else NOT_RUN
 
     def passed(self, chapter: str, stage: str) -> bool:
         return self.status(chapter, stage) == PASSED
 
     def current_stage(self, chapter: Chapter) -> Stage | None:
-        """The first stage of ``chapter`` that has not passed (None when every one has)."""
-        return next((s for s in chapter.stages if not self.passed(chapter.name, s.name)), None)
+        """The first required stage of ``chapter`` that has not passed (None when every one
+        has): an optional stage is never the one a learner is sent to next."""
+        return next(
+            (s for s in chapter.stages if not s.optional and not self.passed(chapter.name, s.name)),
+            None,
+        )
 
     # -- hints ----------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ Every file of ``exercises/`` is generated from the file of the same name in ``so
 
 ``python -m grader.stubs`` rewrites ``exercises/``; ``python -m grader.stubs --check`` exits 1 and
 lists the stale files when the committed stubs are not what the solutions generate (the project's
-tests run this check). ``stub_text(path)`` gives one pristine stub, which ``grader reset`` uses.
+tests run this check). ``stub_text(path)`` gives one pristine stub, which ``grader reset`` uses;
+``reference_text(path)`` the reference without markers, which ``grader solution`` shows.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import stage_of_file
+from .tree import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO_ROOT / "solutions"
 EXERCISES = REPO_ROOT / "exercises"
 
@@ -130,56 +132,87 @@ def _raise_line(indent: str, message: str) -> str:
     return f"{indent}raise NotImplementedError(\n{indent}    {message!r}\n{indent})\n"
 
 
-def make_stub(source: str, rel: str) -> str:
-    """The exercise text for solution ``source`` whose tree-relative path is ``rel``."""
+@dataclass(frozen=True)
+class Region:
+    """One ``# BEGIN SOLUTION`` ... ``# END SOLUTION`` region of a solution file."""
+
+    indent: str  # the markers' indentation ("" at module level)
+    owner: str  # the def (and class) it belongs to: "MultiHeadAttention.forward"
+    body: tuple[str, ...]  # the reference's lines
+    stub: tuple[str, ...] | None  # the lines after "# STUB", uncommented; None without one
+
+
+def parse(source: str, rel: str) -> list[str | Region]:
+    """The marker grammar, read once: ``source`` as its lines outside regions and its regions.
+    Raises :class:`MarkerError` (naming ``rel`` and the line) when the markers do not pair up."""
     lines = source.splitlines(keepends=True)
-    out: list[str] = []
+    parts: list[str | Region] = []
     i = 0
     while i < len(lines):
         line = lines[i]
         if line.strip() != BEGIN:
             if line.strip() in (END, STUB):
                 raise MarkerError(f"{rel}:{i + 1}: {line.strip()!r} without {BEGIN!r}")
-            out.append(line)
+            parts.append(line)
             i += 1
             continue
         indent = line[: len(line) - len(line.lstrip())]
         start = i
-        stub_lines: list[str] | None = None
+        body: list[str] = []
+        stub: list[str] | None = None
         i += 1
         while i < len(lines) and lines[i].strip() != END:
-            if lines[i].strip() == BEGIN:
+            text = lines[i]
+            if text.strip() == BEGIN:
                 raise MarkerError(f"{rel}:{i + 1}: nested {BEGIN!r}")
-            if lines[i].strip() == STUB:
-                stub_lines = []
-            elif stub_lines is not None:
-                text = lines[i]
-                body = text.strip()
-                if body and not body.startswith("#"):
+            if text.strip() == STUB:
+                stub = []
+            elif stub is not None:
+                if text.strip() and not text.strip().startswith("#"):
                     raise MarkerError(f"{rel}:{i + 1}: lines after {STUB!r} must be comments")
                 # "#     return x" under indent "    " -> "    return x"
                 uncommented = text[len(indent) :].removeprefix("# ").removeprefix("#")
-                stub_lines.append(indent + uncommented if body else "\n")
+                stub.append(indent + uncommented if text.strip() else "\n")
+            else:
+                body.append(text)
             i += 1
         if i == len(lines):
             raise MarkerError(f"{rel}:{start + 1}: {BEGIN!r} without {END!r}")
         i += 1  # skip END
-        if not indent:
+        owner = _owner(lines, start, len(indent))
+        parts.append(Region(indent, owner, tuple(body), None if stub is None else tuple(stub)))
+    return parts
+
+
+def make_stub(source: str, rel: str) -> str:
+    """The exercise text for solution ``source`` whose tree-relative path is ``rel``."""
+    out: list[str] = []
+    drop_blanks = False  # after a dropped module-level region: no third blank line
+    for part in parse(source, rel):
+        if isinstance(part, str):
+            if drop_blanks and not part.strip():
+                continue
+            drop_blanks = False
+            out.append(part)
+        elif not part.indent:
             # Module-level region: reference-only code, dropped. Keep at most the two blank
             # lines that separate top-level definitions where the region used to be.
             blank_before = 0
             while blank_before < len(out) and not out[-1 - blank_before].strip():
                 blank_before += 1
-            while i < len(lines) and not lines[i].strip() and blank_before >= 2:
-                i += 1
-            continue
-        if stub_lines is not None:
-            out.extend(stub_lines)
-            continue
-        owner = _owner(lines, start, len(indent))
-        out.append(f"{indent}# TODO: write this part yourself.\n")
-        out.append(_raise_line(indent, _message(rel, owner)))
+            drop_blanks = blank_before >= 2
+        elif part.stub is not None:
+            out.extend(part.stub)
+        else:
+            out.append(f"{part.indent}# TODO: write this part yourself.\n")
+            out.append(_raise_line(part.indent, _message(rel, part.owner)))
     return "".join(out)
+
+
+def reference_text(rel: str) -> str:
+    """The reference file as a learner would write it: no markers, no stub comments."""
+    source = (SOLUTIONS / rel).read_text(encoding="utf-8")
+    return "".join(p if isinstance(p, str) else "".join(p.body) for p in parse(source, rel))
 
 
 def solution_files() -> list[Path]:

@@ -57,12 +57,6 @@ def tree_path(value: str | None = None) -> Path:
     return Path(value).expanduser().resolve()
 
 
-def tree_name() -> str:
-    """A short name for messages: ``solutions``, ``exercises`` or the folder's path."""
-    value = os.environ.get(ENV_VAR, "solutions")
-    return value if value in TREES else str(tree_path(value))
-
-
 def _ensure_package() -> None:
     if PACKAGE in sys.modules:
         return
@@ -88,8 +82,3 @@ def load(name: str) -> ModuleType:
     """Import ``name`` (for example ``"ch2.attention"``) from the tree under test."""
     _ensure_package()
     return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-def file_of(name: str) -> str:
-    """The tree-relative file that defines module ``name``, for messages: ``ch2/attention.py``."""
-    return name.replace(".", "/") + ".py"

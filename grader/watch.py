@@ -25,12 +25,12 @@ from rich.console import Console
 from rich.text import Text
 
 from . import artifacts
-from .learner import StageRunner, command, grade_stage, run_live, show_artifacts
+from .learner import StageRunner, grade_stage, run_live
 from .manifest import Chapter, Stage
 from .progress import Progress
-from .runner import ChapterResult, StageResult
+from .results import ChapterResult, StageResult
 from .tree import TREES, resolve_tree
-from .ui import problem_lines
+from .ui import command, problem_lines, show_artifacts
 
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".pyc")
 Snapshot = dict[str, tuple[int, int]]
@@ -204,13 +204,14 @@ def watch(
                 result = _grade_once(console, chapter, stage, tree, run, art_dir)
                 runs += 1
                 if result.ok:
-                    index = chapter.stages.index(stage)
-                    if index + 1 == len(chapter.stages):
+                    later = chapter.stages[chapter.stages.index(stage) + 1 :]
+                    following = next((s for s in later if not s.optional), None)
+                    if following is None:
                         console.print(
                             Text(f"Every stage of {chapter.name} passed. Well done!", "bold green")
                         )
                         return 0
-                    stage = chapter.stages[index + 1]
+                    stage = following
                     console.print(Text(f"On to the next stage: {stage.name}", style="bold"))
                     if max_runs is not None and runs >= max_runs:
                         return 0
@@ -255,7 +256,8 @@ def _grade_once(
     wrapper = ChapterResult(chapter.name, chapter.title, tree, str(folder), (result,))
     if not result.ok:
         console.print()
-        for line in problem_lines(wrapper, result):
+        seen = Progress.load(tree).hint_level(chapter.name, stage.name)
+        for line in problem_lines(wrapper, result, hints_seen=seen):
             console.print(line)
         more = command("hint", chapter.name, stage.name, tree=tree)
         console.print(Text(f"  Stuck? {more}", style="dim"))

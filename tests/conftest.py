@@ -1,4 +1,4 @@
-"""Shared fixtures: every test runs seeded, on CPU, on one torch thread.
+"""Shared fixtures: every test runs seeded, on CPU, on one torch thread; a timeout is one line.
 
 Seeded so a failure repeats exactly. One thread because the tensors here are small, so a second
 thread buys little, while on shared cores (the grader beside an editor, batch grading with
@@ -19,3 +19,21 @@ def _seeded_one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test or fixture that ran past pytest-timeout's limit is reported in one line, where it
+    was stopped, instead of a traceback through torch's source (hundreds of lines)."""
+    outcome = yield
+    report = outcome.get_result()
+    error = call.excinfo.value if call.excinfo is not None else None
+    if not (report.failed and isinstance(error, pytest.fail.Exception)):
+        return
+    message = str(error).strip()
+    if not message.startswith("Timeout (>"):
+        return
+    frames = [f for f in call.excinfo.traceback if "pytest" not in str(f.path)]
+    frame = frames[-1] if frames else None
+    where = f" (stopped at {frame.path}:{frame.lineno + 1})" if frame is not None else ""
+    report.longrepr = f"{message.splitlines()[0]} In the {call.when} of {item.name}{where}."

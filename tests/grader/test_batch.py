@@ -9,8 +9,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from grader import batch, cli, manifest
-from grader.runner import REPO_ROOT
+from grader import cli, manifest
+from grader.instructor import batch
+from grader.tree import REPO_ROOT
 
 from .conftest import FAILING, NOT_STARTED, PASSING, stage_test
 from .conftest import MOD as GOOD_MOD

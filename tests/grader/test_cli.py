@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 
-from grader import report, runner
+from grader import cli, runner
+from grader.instructor import report
+from grader.manifest import Hint
+from grader.progress import Progress
+from grader.tree import REPO_ROOT
 
-from .conftest import PASSING, run_cli, stage_test
+from .conftest import FAILING, PASSING, run_cli, stage_test
 
 
 def test_stops_at_the_first_failure_and_locks_the_rest(three_stages, tree, capsys, tmp_path):
@@ -118,9 +124,9 @@ def test_runner_api_without_the_cli(three_stages, tree):
 def test_python_m_grader_end_to_end():
     """The real entry point: `list` works and an unknown chapter exits 2 in one line."""
     run = [sys.executable, "-m", "grader"]
-    listed = subprocess.run([*run, "list"], capture_output=True, text=True, cwd=runner.REPO_ROOT)
+    listed = subprocess.run([*run, "list"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert listed.returncode == 0 and "ch2" in listed.stdout and "attention" in listed.stdout
-    bad = subprocess.run([*run, "ch99"], capture_output=True, text=True, cwd=runner.REPO_ROOT)
+    bad = subprocess.run([*run, "ch99"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         "python -m grader: error: unknown chapter 'ch99' (chapters: ch2, ch3)"
@@ -131,7 +137,64 @@ def test_the_command_line_starts_without_pytest_or_torch():
     """`--help` and `list` import neither pytest (the stage processes do) nor torch."""
     code = "import sys, grader.cli; print(sorted({'pytest', 'torch'} & set(sys.modules)))"
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=runner.REPO_ROOT
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_hint_fits_the_failed_check_and_says_how_far_the_learner_is(
+    make_stage, fake_chapter, tree, capsys
+):
+    source = stage_test(PASSING + FAILING)
+    stage = make_stage("hinted", source)
+    hints = ("a nudge", Hint("wrong() must give 1", tests=("test_wrong",)), "the exact idea")
+    fake_chapter(dataclasses.replace(stage, hints=hints))
+    code, out, _ = run_cli(capsys, "ch9", "--tree", str(tree))
+    assert code == 1
+    assert "Hint:  wrong() must give 1" in out and "a nudge" not in out
+    assert "(hint 2 of 3: python -m grader hint ch9 hinted" in out.replace("\n", " ")
+    assert run_cli(capsys, "hint", "ch9", "hinted", "--tree", str(tree))[0] == 0
+    out = run_cli(capsys, "ch9", "--tree", str(tree))[1]
+    assert "you have read up to hint 1" in out
+
+
+def test_verbose_shows_the_first_failure_once(make_stage, fake_chapter, tree, capsys):
+    two = FAILING + "\n\ndef test_wrong_again():\n    assert mod.wrong() == 3, 'not 3 either'\n"
+    fake_chapter(make_stage("twice", stage_test(two)))
+    out = run_cli(capsys, "ch9", "-v", "--tree", str(tree))[1]
+    assert out.count("wrong() should give 1, got 2") == 1
+    assert "✗ test_wrong_again: failed: not 3 either" in out
+
+
+def test_an_optional_stage_locks_nothing(make_stage, fake_chapter, tree, capsys):
+    fake_chapter(
+        make_stage("first", stage_test(PASSING)),
+        make_stage("fast", stage_test(FAILING), optional=True),
+        make_stage("last", stage_test(PASSING)),
+    )
+    code, out, _ = run_cli(capsys, "ch9", "--tree", str(tree))
+    assert code == 0  # the chapter passes without its optional stage
+    rows = {line.split()[1]: line.split()[-5] for line in out.splitlines() if line[:1].isdigit()}
+    assert rows == {"first": "passed", "fast": "failed", "last": "passed"}
+    assert "fast (optional)" in out and "Every required stage passed" in out
+    assert "Score: 20 / 20 points" in out  # an optional stage is extra credit
+
+
+class _ClosedAfterOneLine(io.StringIO):
+    """stdout of `python -m grader ... | head -1`: the reader leaves after the first line."""
+
+    def write(self, text: str) -> int:
+        if "\n" in self.getvalue():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no file descriptor")
+
+
+def test_a_closed_pipe_still_records_the_run(three_stages, tree, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", _ClosedAfterOneLine())
+    assert cli.main(["ch9", "--tree", str(tree)]) == 1
+    state = Progress.load(str(tree))
+    assert [state.status("ch9", s) for s in ("first", "second")] == ["passed", "failed"]

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from grader import batch, integrity
+from grader.instructor import batch, integrity
 from grader.manifest import Chapter
 from grader.tree import REPO_ROOT
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from grader import artifacts, cli, learner, progress
+from grader import artifacts, cli, progress, ui
 from grader.artifacts import Artifact
 from grader.ui import make_console
 
@@ -54,7 +54,7 @@ def test_a_stage_artifact_is_shown_after_the_table_with_a_loss_curve(
 def test_without_matplotlib_the_curve_is_a_sparkline_only(monkeypatch, capsys):
     monkeypatch.setattr(artifacts, "have_matplotlib", lambda: False)
     art = Artifact("e2e", losses=[3.0, 2.0, 1.0], val_loss=1.5)
-    learner.show_artifacts(make_console(), [art], "ch3", "exercises")
+    ui.show_artifacts(make_console(), [art], "ch3", "exercises")
     out = capsys.readouterr().out
     assert "█▅▁" in out and "Curve:" not in out
     assert "loss 3.000 → 1.000 over 3 steps, validation loss 1.500" in out
@@ -65,7 +65,7 @@ def test_a_plotting_failure_never_breaks_grading(capsys):
     def broken(art, target):
         raise RuntimeError("no display")
 
-    learner.show_artifacts(
+    ui.show_artifacts(
         make_console(), [Artifact("e2e", losses=[1.0, 0.5])], "ch3", "exercises", broken
     )
     assert "Curve:" not in capsys.readouterr().out

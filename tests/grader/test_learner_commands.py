@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from grader import learner, progress, stubs
+from grader import progress, stubs
 from grader.progress import Progress
-from grader.runner import StageResult
+from grader.results import StageResult
 from grader.tree import REPO_ROOT
 
 from .conftest import PASSING, run_cli, stage_test, write
@@ -108,7 +108,7 @@ def test_reset_with_yes_restores_the_stub_and_keeps_a_backup(chapter, tree, caps
     assert backups[0].parent.name == "ch9" and str(backups[0].parent.parent) in out.replace(
         "\n", ""
     )
-    assert Progress.load(str(tree)).status("ch9", "first") == "not run yet"  # no longer true
+    assert Progress.load(str(tree)).status("ch9", "first") == "not run"  # no longer true
     code, out, _ = run_cli(capsys, "reset", "ch9", "first", "--tree", str(tree), "--yes")
     assert code == 0 and "already the pristine stub" in out
     assert len(list((progress.state_dir() / "backups").rglob("mod.py"))) == 1
@@ -181,6 +181,6 @@ def test_solution_rerun_grades_the_stage_first(chapter, tree, capsys):
 def test_reference_text_of_every_real_file_is_clean_python():
     for path in sorted((REPO_ROOT / "solutions").rglob("*.py")):
         rel = path.relative_to(REPO_ROOT / "solutions").as_posix()
-        text = learner.reference_text(rel)
+        text = stubs.reference_text(rel)
         assert "# BEGIN SOLUTION" not in text and "# END SOLUTION" not in text, rel
         compile(text, rel, "exec")

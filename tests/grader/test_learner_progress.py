@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from grader import progress, runner
+from grader import progress
 from grader.progress import Progress
-from grader.runner import StageResult
+from grader.results import StageResult
+from grader.tree import REPO_ROOT
 
 from .conftest import PASSING, run_cli, stage_test
 
@@ -30,8 +31,8 @@ def test_state_files_live_in_the_state_dir_keyed_by_tree(_state_in_tmp, tree, tm
 
 def test_default_state_dir_is_the_repositorys_git_ignored_grader_folder(monkeypatch):
     monkeypatch.delenv(progress.STATE_ENV)
-    assert progress.state_dir() == runner.REPO_ROOT / ".grader"
-    ignored = (runner.REPO_ROOT / ".gitignore").read_text().splitlines()
+    assert progress.state_dir() == REPO_ROOT / ".grader"
+    ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert ".grader/" in ignored
 
 
@@ -42,7 +43,7 @@ def test_a_grading_run_records_each_stage_and_status_reads_it_back(three_stages,
     state = Progress.load(str(tree))
     assert state.status("ch9", "first") == "passed"
     assert state.status("ch9", "second") == "failed"
-    assert state.status("ch9", "third") == "not run yet"  # locked: not run this time
+    assert state.status("ch9", "third") == "not run"  # locked: not run this time
     assert state.entry("ch9", "second")["message"] == "wrong() should give 1, got 2"
     assert state.entry("ch9", "first")["tests_passed"] == 2
     assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before
@@ -85,7 +86,7 @@ def test_a_broken_state_file_is_an_empty_state(tree, text):
     path.write_text(text)
     state = Progress.load(str(tree))
     assert state.stages in ({}, {"x": {}}) and state.hints == {}
-    assert state.status("ch9", "a") == "not run yet" and state.hint_level("ch9", "a") == 0
+    assert state.status("ch9", "a") == "not run" and state.hint_level("ch9", "a") == 0
     state.record_stage(result("a", "passed"))
     state.save()  # and it is replaced by a good one
     assert Progress.load(str(tree)).passed("ch9", "a")
@@ -94,7 +95,7 @@ def test_a_broken_state_file_is_an_empty_state(tree, text):
 def test_no_arguments_before_any_run_points_at_the_first_stage(three_stages, capsys):
     code, out, err = run_cli(capsys)
     assert code == 0 and err == ""
-    assert out.count("not run yet") == 3
+    assert out.count("not run") == 3
     assert "0/3 stages passed" in out
     assert "Next: ch9 · first — The first stage" in out
     assert "Edit:  exercises/ch9/mod.py" in out

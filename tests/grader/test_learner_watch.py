@@ -15,7 +15,8 @@ import pytest
 from grader import artifacts, watch
 from grader.manifest import Chapter
 from grader.progress import Progress
-from grader.runner import REPO_ROOT, StageResult
+from grader.results import StageResult
+from grader.tree import REPO_ROOT
 from grader.ui import make_console
 
 from .conftest import write

@@ -7,8 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from grader import cli, formats, report
-from grader.runner import ChapterResult, StageResult, TestResult, Where
+from grader import cli
+from grader.instructor import formats, report
+from grader.results import ChapterResult, StageResult, TestResult, Where
 
 from .conftest import PASSING, stage_test
 

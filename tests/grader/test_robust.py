@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import batch
+from grader.instructor import batch
 from grader.manifest import Chapter
 
 from .conftest import make_stage_at, write
@@ -117,8 +117,10 @@ def test_the_rest_of_the_class_is_still_graded(graded):
     stages = graded[0]
     assert set(stages) == set(CLASS)
     assert stages["good"].score == 10.0
-    # a broken value() still leaves other() graded where the process survived
-    assert stages["returns_none"].score == 5.0 and stages["loop"].score == 5.0
+    # a broken value() still leaves other() graded where the process survived; a test that
+    # times out ends its stage at once, so the tests after it are not run (and not passed)
+    assert stages["returns_none"].score == 5.0 and stages["loop"].score == 0.0
+    assert [t.status for t in stages["loop"].tests] == ["timed out", "not run"]
 
 
 def test_nothing_in_the_submissions_changes(graded):

@@ -11,6 +11,7 @@ import pytest
 from grader import runner
 from grader.manifest import Chapter
 from grader.runner import run_stage
+from grader.tree import REPO_ROOT
 
 from .conftest import (
     NOT_STARTED,
@@ -55,10 +56,6 @@ def test_missing_name():
     mod.renamed()
 
 
-def test_timeout():
-    mod.loop()
-
-
 def test_sys_exit():
     mod.leave()
 
@@ -67,6 +64,10 @@ def test_skipped():
     import pytest
 
     pytest.skip("not for this tree")
+
+
+def test_timeout():  # last: the first test that times out ends the stage
+    mod.loop()
 """
 
 
@@ -90,9 +91,9 @@ def test_each_test_is_classified(mixed):
         "test_name_error": "error",
         "test_runtime_error": "failed",
         "test_missing_name": "error",
-        "test_timeout": "timed out",
         "test_sys_exit": "crashed",
         "test_skipped": "skipped",
+        "test_timeout": "timed out",
     }
     assert {name: t.status for name, t in tests.items()} == expected
 
@@ -199,6 +200,33 @@ def test_stage_time_limit_kills_the_process(tree, make_stage):
     assert result.seconds < 20
 
 
+def test_the_first_test_that_times_out_ends_the_stage(tree, make_stage):
+    source = PASSING + "\n\ndef test_hang():\n    mod.loop()\n\n\ndef test_after():\n    pass\n"
+    stage = make_stage("hang", stage_test(source), test_timeout=1.0, time_limit=60.0)
+    result = run_stage(Chapter("ch9", "Fake", (stage,)), stage, str(tree))
+    assert result.status == "timed out"
+    assert [t.status for t in result.tests] == ["passed", "passed", "timed out", "not run"]
+    assert result.message.startswith("still running after 1.0 s, the time limit for this test")
+    assert result.where.function == "loop"
+    assert (result.passed, result.total) == (2, 4)  # a test never reached counts as not passed
+    assert result.seconds < 15
+
+
+def test_code_that_ignores_the_alarm_is_stopped_by_the_supervisor(tree, make_stage):
+    """pytest-timeout's SIGALRM is ignored: the runner's own per-test deadline ends the test."""
+    source = (
+        "import signal\n\n\ndef test_deaf():\n"
+        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n    mod.loop()\n\n\n"
+        "def test_after():\n    pass\n"
+    )
+    stage = make_stage("deaf", stage_test(source), test_timeout=1.0, time_limit=60.0)
+    result = run_stage(Chapter("ch9", "Fake", (stage,)), stage, str(tree))
+    assert result.status == "timed out"
+    assert [t.status for t in result.tests] == ["timed out", "not run"]
+    assert "did not stop when asked" in result.message
+    assert result.seconds < 1.0 + runner.GRACE + 10  # start-up included, far below time_limit
+
+
 def test_os_exit_is_a_crash_and_earlier_results_survive(tree, make_stage):
     source = PASSING + "\n\ndef test_vanish():\n    mod.vanish()\n\n\ndef test_after():\n    pass\n"
     stage = make_stage("vanish", stage_test(source))
@@ -242,7 +270,7 @@ def test_plugin_writes_one_json_line_per_event(tree, make_stage, tmp_path, monke
     results = tmp_path / "results.jsonl"
     env = runner.stage_env(str(tree), results)
     subprocess.run(
-        runner.pytest_command(stage), cwd=runner.REPO_ROOT, env=env, check=True, capture_output=True
+        runner.pytest_command(stage), cwd=REPO_ROOT, env=env, check=True, capture_output=True
     )
     events = [json.loads(line)["event"] for line in results.read_text().splitlines()]
     assert events == ["collected", "start", "test", "start", "test", "finish"]

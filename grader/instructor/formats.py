@@ -1,7 +1,7 @@
 """Reports for other tools: JUnit XML (CI servers, LMS plug-ins) and Gradescope's ``results.json``.
 
-Both are built from a :class:`grader.runner.ChapterResult`, like the JSON report
-(``grader/report.py``), and show the learner's one-line messages, never tracebacks.
+Both are built from a :class:`grader.results.ChapterResult`, like the JSON report
+(``grader/instructor/report.py``), and show the learner's one-line messages, never tracebacks.
 
 **JUnit XML** (``--junit FILE``): ``<testsuites>`` with one ``<testsuite name="ch2.attention">``
 per stage and one ``<testcase>`` per test. A test that ``failed`` or is ``not started`` has a
@@ -15,7 +15,7 @@ testcase ``integrity`` with a ``<failure>``.
 https://gradescope-autograders.readthedocs.io/en/latest/specs/): top-level ``score``,
 ``execution_time`` (seconds), ``output`` (the summary), ``visibility``, ``stdout_visibility``,
 ``extra_data`` and ``tests``: one entry per stage with ``score``, ``max_score`` (the stage's
-points), ``status`` (``"passed"``/``"failed"``), ``name``, ``number`` (``"3.2"``: chapter 3,
+points; 0 for an optional stage, whose score is extra credit), ``status`` (``"passed"``/``"failed"``), ``name``, ``number`` (``"3.2"``: chapter 3,
 stage 2), ``output`` (status, message, where to look, hint, doc; tests that did not pass),
 ``tags`` and ``visibility``.
 """
@@ -27,9 +27,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from .report import write_data
-from .runner import ChapterResult, StageResult
-from .statuses import (
+from ..results import ChapterResult, StageResult
+from ..statuses import (
     CRASHED,
     ERROR,
     FAILED,
@@ -40,6 +39,7 @@ from .statuses import (
     SKIPPED,
     TIMED_OUT,
 )
+from .report import write_data
 
 FAILURES = (FAILED, NOT_STARTED)
 ERRORS = (ERROR, CRASHED, TIMED_OUT, NOT_RUN)
@@ -135,7 +135,7 @@ def gradescope_dict(
         tests.append(
             {
                 "score": stage.score,
-                "max_score": stage.points,
+                "max_score": 0 if stage.optional else stage.points,  # optional: extra credit
                 "status": "passed" if stage.ok else "failed",
                 "name": f"{result.chapter} {stage.name}: {stage.title}",
                 "number": f"{number}.{index}",

@@ -8,7 +8,7 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
       "tree": "exercises",                  # as given: exercises, solutions or a path
       "tree_path": "/abs/path/exercises",
       "ok": false,                          # every stage graded passed (the exit code is 0)
-      "score": 12.5, "max_score": 50,       # partial credit, see grader.runner
+      "score": 12.5, "max_score": 50,       # partial credit, see grader.results
       "seconds": 8.1,
       "totals": {"stages": 4, "stages_passed": 1, "tests": 30, "tests_passed": 19,
                  "by_status": {"passed": 1, "failed": 1, "locked": 2}},   # stages per status
@@ -20,7 +20,7 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
           "label": "passed",                # the status as shown: "public tests passed" when
                                             # hidden tests were left out (learner's run)
           "hidden_excluded": 0,             # tests marked hidden that this run left out
-          "flags": [],                      # integrity problems (grader/integrity.py,
+          "flags": [],                      # integrity problems (grader/instructor/integrity.py,
                                             # grader/guard.py): a flagged stage scores 0
           "points": 10, "score": 10.0,
           "tests_passed": 12, "tests_total": 12, "seconds": 2.4,
@@ -41,7 +41,7 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
       ]
     }
 
-The batch grader (``grader/batch.py``) adds ``"learner"`` and ``"integrity"`` (every static
+The batch grader (``grader/instructor/batch.py``) adds ``"learner"`` and ``"integrity"`` (every static
 finding, as ``"file:line: reason"``) at the top level of each learner's report.
 Locked stages have ``"tests": []`` and ``tests_total`` 0. Fields are only ever added within a
 schema version.
@@ -55,7 +55,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .runner import ChapterResult, StageResult, TestResult, Where
+from ..results import ChapterResult, StageResult, TestResult, Where
 
 SCHEMA = "llmfs-grader/1"
 

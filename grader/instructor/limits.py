@@ -1,12 +1,11 @@
 """Resource limits for a stage subprocess, applied in the subprocess itself before pytest starts.
 
-``python -m grader.limits --memory MB --output MB -- COMMAND...`` sets the limits, then replaces
+``python -m grader.instructor.limits --memory MB --output MB -- COMMAND...`` sets the limits, then replaces
 itself with ``COMMAND`` (``os.execv``: same process, same process group, so the runner's
 time limit and signal handling see the command itself). The batch grader puts this in front of
 every stage's pytest command (``Sandbox.prefix``). An exec wrapper rather than ``preexec_fn``:
 the batch grades submissions from several threads, and ``preexec_fn`` is not safe to use while
-other threads run (see the ``subprocess`` documentation); :func:`preexec` is there for
-single-threaded callers.
+other threads run (see the ``subprocess`` documentation).
 
 - memory (``RLIMIT_AS``, address space): default 6 GiB. torch maps about 1-2 GiB of address
   space just to import, so below about 3 GiB even a correct submission fails; 6 GiB leaves room
@@ -25,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 
 try:
     import resource
@@ -66,7 +64,7 @@ def prefix(
     return (
         python,
         "-m",
-        "grader.limits",
+        "grader.instructor.limits",
         "--memory",
         f"{memory_mb or 0:g}",
         "--output",
@@ -75,13 +73,8 @@ def prefix(
     )
 
 
-def preexec(memory_mb: float | None, output_mb: float | None) -> Callable[[], None]:
-    """A ``preexec_fn`` for ``subprocess.Popen`` in a program without other threads."""
-    return lambda: apply(memory_mb, output_mb)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m grader.limits")
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.limits")
     parser.add_argument("--memory", type=float, default=DEFAULT_MEMORY_MB, help="MB, 0: none")
     parser.add_argument("--output", type=float, default=DEFAULT_OUTPUT_MB, help="MB, 0: none")
     parser.add_argument("command", nargs=argparse.REMAINDER)

@@ -29,9 +29,9 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .guard import BLOCKED_IMPORTS
-from .manifest import Chapter
-from .runner import ChapterResult
+from ..guard import BLOCKED_IMPORTS
+from ..manifest import Chapter
+from ..results import ChapterResult
 
 GRADER_PACKAGES = BLOCKED_IMPORTS  # the same packages the run-time guard refuses
 PYTEST_PACKAGES = frozenset({"_pytest", "pluggy"})

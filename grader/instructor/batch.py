@@ -11,7 +11,7 @@ and the copy is graded, so nothing the code does can change the original; every 
 its own subprocess with ``LLMFS_TREE`` naming the copy, a scratch working directory, its own
 ``HOME`` and ``TMPDIR``, ``PYTHONDONTWRITEBYTECODE``, ``PYTHONHASHSEED=0`` and a fixed number of
 torch threads (so the same submission always gets the same score), the integrity guard
-(``grader/guard.py``), a memory and an output limit (``grader/limits.py``) and a time limit for
+(``grader/guard.py``), a memory and an output limit (``grader/instructor/limits.py``) and a time limit for
 the whole submission (stages after it is used up are ``timed out``). The tests always come from
 the grader's ``tests/``. ``--jobs`` submissions are graded at once.
 
@@ -35,20 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..manifest import Chapter
+from ..results import ChapterResult, StageResult
+from ..runner import Sandbox, run_stage, select_stages, unrun
+from ..statuses import ERROR, EXIT_OK, TIMED_OUT
+from ..tree import REPO_ROOT, UsageError
 from . import formats, integrity, limits
-from .manifest import Chapter
 from .report import write_json
-from .runner import (
-    REPO_ROOT,
-    ChapterResult,
-    Sandbox,
-    StageResult,
-    UsageError,
-    run_stage,
-    select_stages,
-    unrun,
-)
-from .statuses import ERROR, TIMED_OUT
 
 DEFAULT_JOBS = 2
 _COPY_MAX_BYTES = 50_000_000  # larger files (checkpoints, data) are not copied for grading
@@ -294,9 +287,8 @@ def write_outputs(chapter: Chapter, graded: list[Graded], out: Path, only=None) 
 # -- the command ----------------------------------------------------------------------------
 
 
-def add_parser(commands) -> object:
-    """The ``batch`` subcommand (``commands`` is the CLI's subparsers object)."""
-    b = commands.add_parser("batch", help="grade every learner's copy in a folder (instructors)")
+def add_arguments(b) -> None:
+    """The ``batch`` command's arguments, on its parser ``b`` (made by :mod:`grader.cli`)."""
     b.add_argument("chapter", help="the chapter to grade")
     b.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="one subfolder per learner")
     b.add_argument("--jobs", "-j", type=int, default=DEFAULT_JOBS, help="submissions at once")
@@ -318,7 +310,6 @@ def add_parser(commands) -> object:
     )
     b.add_argument("--hidden", action="store_true", help="include the tests marked hidden")
     b.add_argument("--stage", action="append", metavar="NAME", help="only this stage (repeat)")
-    return b
 
 
 def run(args, chapter: Chapter, console) -> int:
@@ -359,4 +350,4 @@ def run(args, chapter: Chapter, console) -> int:
         f"Gradebook: {book}  (reports per learner in {out}; {time.monotonic() - start:.1f} s)",
         markup=False,
     )
-    return 0
+    return EXIT_OK
