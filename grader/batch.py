@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import formats, integrity, limits
+from .instructor import sandbox as os_sandbox
 from .manifest import Chapter
 from .report import write_json
 from .runner import (
@@ -62,6 +63,7 @@ class Options:
     output_mb: float | None = limits.DEFAULT_OUTPUT_MB
     hidden: bool = False  # include the tests marked hidden
     only: tuple[str, ...] | None = None  # grade only these stages
+    sandbox: bool = True  # each stage in the OS sandbox where available (grader/instructor/)
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,9 @@ def copy_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, target / rel / name)
 
 
-def sandbox_for(scratch: Path, options: Options) -> Sandbox:
-    """The subprocess settings for one submission, all under ``scratch``."""
+def sandbox_for(scratch: Path, options: Options, hide: tuple[Path, ...] = ()) -> Sandbox:
+    """The subprocess settings for one submission, all under ``scratch``; ``hide``: folders the
+    stage must not see even inside a visible one (the other submissions)."""
     dirs = {name: scratch / name for name in ("home", "tmp", "work")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
@@ -155,11 +158,16 @@ def sandbox_for(scratch: Path, options: Options) -> Sandbox:
         "MKL_NUM_THREADS": threads,
         "GRADER_HIDDEN": "1" if options.hidden else "0",
         "GRADER_GUARD": "1",
+        "GRADER_STRICT": "1",  # an instructor's run: a forbidden API scores 0 (grader/forbidden.py)
     }
+    isolated = options.sandbox and os_sandbox.availability()[0]
     return Sandbox(
         cwd=dirs["work"],
         env=env,
-        prefix=limits.prefix(options.memory_mb, options.output_mb),
+        prefix=(
+            *(os_sandbox.prefix(hide) if isolated else ()),
+            *limits.prefix(options.memory_mb, options.output_mb),
+        ),
     )
 
 
@@ -181,7 +189,7 @@ def grade_submission(
         findings = tuple(integrity.scan(submission.folder))
         prefix = submission.tree.relative_to(submission.folder).as_posix()
         prefix = f"{prefix}/" if prefix != "." else ""
-        sandbox = sandbox_for(scratch, options)
+        sandbox = sandbox_for(scratch, options, hide=(submission.folder.parent,))
         limit = options.time_limit or sum(s.time_limit for s in stages)
         deadline = start + limit
         results: list[StageResult] = []
@@ -318,6 +326,11 @@ def add_parser(commands) -> object:
     )
     b.add_argument("--hidden", action="store_true", help="include the tests marked hidden")
     b.add_argument("--stage", action="append", metavar="NAME", help="only this stage (repeat)")
+    b.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="grade even where the OS sandbox is not available (in-process guard only)",
+    )
     return b
 
 
@@ -330,6 +343,19 @@ def run(args, chapter: Chapter, console) -> int:
     out = Path(args.out or f"grades-{chapter.name}").resolve()
     if out.is_relative_to(Path(args.submissions).resolve()):
         raise UsageError("--out must not be inside the submissions folder")
+    isolated, why = os_sandbox.availability()
+    if not isolated and not args.unsafe:
+        raise UsageError(
+            f"the OS sandbox is not available here: {why}. Batch grading runs every stage in it; "
+            "--unsafe grades without it (the in-process guard alone)"
+        )
+    if not isolated:
+        console.print(
+            f"WARNING: grading WITHOUT the OS sandbox ({why}): a submission can read the "
+            "solutions, damage files and forge its results",
+            style="bold red",
+            markup=False,
+        )
     options = Options(
         jobs=args.jobs,
         time_limit=args.time_limit,

@@ -12,8 +12,9 @@ import sys
 
 from . import batch, learner, manifest
 from .formats import write_gradescope, write_junit
+from .instructor import sandbox as os_sandbox
 from .report import write_json
-from .runner import grade, select_stages
+from .runner import Sandbox, grade, select_stages
 from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, make_console, render, render_list
 
@@ -94,11 +95,17 @@ def run(argv: list[str]) -> int:
     select_stages(chapter, only)  # and so is an unknown stage
     if args.hidden:
         os.environ["GRADER_HIDDEN"] = "1"  # the stage subprocesses inherit it
+        isolated, why = os_sandbox.availability()
+        if not isolated:
+            console.print(f"WARNING: grading WITHOUT the OS sandbox: {why}", style="bold red")
+    sandbox = Sandbox(prefix=os_sandbox.for_learner())
 
     progress = LiveProgress(console, chapter)
     with learner.grading_session() as session:  # stages may leave artifacts (e2e text, losses)
         try:
-            result = grade(chapter, args.tree, only=only, run_all=args.all, progress=progress)
+            result = grade(
+                chapter, args.tree, only=only, run_all=args.all, progress=progress, sandbox=sandbox
+            )
         finally:
             progress.close()
         render(console, result, verbose=args.verbose)

@@ -34,9 +34,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import artifacts, manifest, progress, stubs, ui
+from .instructor.sandbox import for_learner
 from .manifest import Chapter, Stage
 from .progress import NOT_RUN_YET, Progress
-from .runner import ChapterResult, StageResult, run_stage, select_stages
+from .runner import ChapterResult, Sandbox, StageResult, run_stage, select_stages
 from .statuses import LOCKED, PASSED
 from .stubs import BEGIN, END, STUB
 from .tree import UsageError, resolve_tree
@@ -481,7 +482,7 @@ StageRunner = Callable[[Chapter, Stage, str, LiveProgress], StageResult]
 
 def run_live(chapter: Chapter, stage: Stage, tree: str, live: LiveProgress) -> StageResult:
     """Run the stage, telling ``live`` about every test that finishes."""
-    return run_stage(chapter, stage, tree, progress=live)
+    return run_stage(chapter, stage, tree, progress=live, sandbox=Sandbox(prefix=for_learner()))
 
 
 def grade_stage(
