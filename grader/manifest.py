@@ -21,6 +21,8 @@ class Stage:
     points: int = 10
     test_timeout: float = 60.0  # seconds per test (pytest-timeout)
     time_limit: float = 240.0  # seconds for the whole stage subprocess
+    # Library APIs the tests use as oracles and the learner must not call (grader/forbidden.py).
+    forbidden: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ CH2 = Chapter(
                 "MultiHeadAttention: project, then view (B, T, d_model) as (B, T, h, d_k) and "
                 "transpose to (B, h, T, d_k) so every head is computed in one batched call.",
             ),
+            forbidden=(
+                "torch.nn.functional.scaled_dot_product_attention",
+                "torch.nn.functional.multi_head_attention_forward",
+                "torch.nn.MultiheadAttention",
+            ),
         ),
         Stage(
             name="block",
@@ -69,6 +76,12 @@ CH2 = Chapter(
                 "PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)).",
                 "Post-LN: x = norm(x + sublayer(x)). Pre-LN (norm_first=True): "
                 "x = x + sublayer(norm(x)).",
+            ),
+            forbidden=(
+                "torch.nn.LayerNorm",
+                "torch.nn.functional.layer_norm",
+                "torch.nn.TransformerEncoderLayer",
+                "torch.nn.TransformerDecoderLayer",
             ),
         ),
         Stage(
@@ -88,6 +101,11 @@ CH2 = Chapter(
                 "beam_search: per sentence, score every (beam, token) as beam score + log_softmax, "
                 "keep the top (beam_size - finished) with topk over the flattened scores, move "
                 "those ending in EOS to the finished list; always call self.encode/self.decode.",
+            ),
+            forbidden=(
+                "torch.nn.Transformer",
+                "torch.nn.TransformerEncoder",
+                "torch.nn.TransformerDecoder",
             ),
         ),
         Stage(

@@ -88,6 +88,7 @@ def stage_dict(stage: StageResult) -> dict[str, Any]:
         "label": stage.label,
         "hidden_excluded": stage.hidden_excluded,
         "flags": list(stage.flags),
+        "warnings": list(stage.warnings),
         "points": stage.points,
         "score": stage.score,
         "tests_passed": stage.passed,

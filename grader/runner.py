@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .forbidden import env as forbidden_env
 from .manifest import Chapter, Stage
 from .statuses import (
     CRASHED,
@@ -116,6 +117,7 @@ class StageResult:
     log_tail: str = ""  # the end of pytest's own output, for diagnosing a crash
     flags: tuple[str, ...] = ()  # integrity problems (grader/integrity.py): the stage scores 0
     hidden_excluded: int = 0  # tests marked hidden that this (learner's) run left out
+    warnings: tuple[str, ...] = ()  # shown, no effect on the score (grader/forbidden.py)
 
     @property
     def passed(self) -> int:
@@ -232,6 +234,9 @@ def pytest_command(
         # The integrity guard (grader/guard.py); it switches itself off for solutions/.
         "-p",
         "grader.guard",
+        # The APIs the stage asks the learner to write (Stage.forbidden, grader/forbidden.py).
+        "-p",
+        "grader.forbidden",
     ]
 
 
@@ -359,7 +364,9 @@ def run_stage(
             proc = subprocess.Popen(
                 [*sandbox.prefix, *pytest_command(stage, python, root), *sandbox.pytest_args],
                 cwd=sandbox.cwd or repo_root,
-                env=stage_env(tree_value, results) | dict(sandbox.env),
+                env=stage_env(tree_value, results)
+                | forbidden_env(stage.forbidden)
+                | dict(sandbox.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -450,11 +457,14 @@ def _assemble(
     exit_record: dict[str, Any] | None = None
     finish: dict[str, Any] | None = None
     flags: list[str] = []
+    warnings: list[str] = []
     hidden = 0
     for r in items:
         event = r.get("event")
         if event == "flag" and r.get("reason") not in flags:
             flags.append(r.get("reason", "integrity"))
+        elif event == "warning" and r.get("message") not in warnings:
+            warnings.append(str(r.get("message")))
         elif event == "hidden" and not r.get("included"):
             hidden = int(r.get("count", 0))
         elif event == "collected":
@@ -475,6 +485,7 @@ def _assemble(
         "returncode": returncode,
         "log_tail": log_tail,
         "flags": tuple(flags),
+        "warnings": tuple(warnings),
         "hidden_excluded": hidden,
     }
 

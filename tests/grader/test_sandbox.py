@@ -33,7 +33,7 @@ AVAILABLE, WHY = sandbox.availability()
 needs_sandbox = pytest.mark.skipif(not AVAILABLE, reason=f"no OS sandbox here: {WHY}")
 MARKER = "llmfs-sandbox-escapee-31337"
 
-HOSTILE = '''
+HOSTILE = """
 import json, os, signal, site, socket, subprocess, sys
 from pathlib import Path
 
@@ -76,7 +76,7 @@ attempt("kill_parent", lambda: os.kill(os.getppid(), signal.SIGKILL))
 
 def good():
     return 1
-'''
+"""
 
 DRIVER = """
 import json, sys
