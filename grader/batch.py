@@ -12,8 +12,10 @@ its own subprocess with ``LLMFS_TREE`` naming the copy, a scratch working direct
 ``HOME`` and ``TMPDIR``, ``PYTHONDONTWRITEBYTECODE``, ``PYTHONHASHSEED=0`` and a fixed number of
 torch threads (so the same submission always gets the same score), the integrity guard
 (``grader/guard.py``), a memory and an output limit (``grader/limits.py``) and a time limit for
-the whole submission (stages after it is used up are ``timed out``). The tests always come from
-the grader's ``tests/``. ``--jobs`` submissions are graded at once.
+the whole submission (stages after it is used up are ``timed out``), and the OS sandbox
+(``grader/instructor/sandbox.py``: no solutions, no other submission, no network, nothing
+outliving the stage), without which ``run`` refuses to grade unless ``--unsafe`` is given. The
+tests always come from the grader's ``tests/``. ``--jobs`` submissions are graded at once.
 
 Output (``--out``, default ``grades-<chapter>``): ``gradebook.csv`` (learner, one column per
 stage score, total, max_score, flags, first_problem), and per learner
