@@ -5,8 +5,10 @@ a fresh set of namespaces made by bubblewrap (``bwrap``) and is what the runner'
 ``Sandbox.prefix`` holds (:func:`prefix`). The wrapper runs just before the stage, so it reads
 the stage's own environment (the tree in ``LLMFS_TREE``, the results file in ``GRADER_RESULTS``,
 the artifacts folder in ``GRADER_ARTIFACTS``) and its working directory, builds the bwrap command
-line (:func:`bwrap_command`) and replaces itself with it (``os.execv``: same process, same
-process group, so the runner's time limit kills the sandbox with everything inside it).
+line (:func:`bwrap_command`) and runs it in its own process group, so the runner's time limit
+kills the sandbox with everything inside it. It waits rather than ``exec``: bwrap reports a
+command killed by a signal as exit code 128 + n, and the runner tells a crash (``SIGSEGV``) from
+the process's own death, so the wrapper then dies by the same signal.
 
 What the stage sees (every path at the same place as outside, so messages and tracebacks name
 the learner's files as they are on disk):
@@ -36,9 +38,11 @@ guard (``grader/guard.py``): ``batch`` refuses to do so without ``--unsafe``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -218,7 +222,21 @@ def main(argv: list[str] | None = None) -> None:
     full = bwrap_command(
         command, env=os.environ, cwd=Path.cwd(), hide=[Path(p) for p in args.hide], bwrap=bwrap
     )
-    os.execv(bwrap, full)
+    code = subprocess.call(full)
+    if code > 128 and code - 128 in signal.valid_signals():
+        die_like(signal.Signals(code - 128))
+    sys.exit(code)
+
+
+def die_like(number: signal.Signals) -> None:
+    """End this process by signal ``number`` (no core file), as the sandboxed command did."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from grader import batch, cli, manifest
+from grader.instructor import sandbox
 from grader.runner import REPO_ROOT
 
 from .conftest import FAILING, NOT_STARTED, PASSING, stage_test
@@ -40,7 +41,9 @@ def submissions(tmp_path):
 
 
 def run_batch(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(["batch", *argv])
+    # Where the OS sandbox cannot start (macOS, some containers), grade with the guard alone.
+    unsafe = () if sandbox.availability()[0] else ("--unsafe",)
+    code = cli.main(["batch", *argv, *unsafe])
     out, err = capsys.readouterr()
     return code, out, err
 
