@@ -103,18 +103,8 @@ def bwrap_command(
     args += ["--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID)]
     # Writable and private first, so that what is bound below (a tree or tests under /tmp) lies
     # on top of it rather than under it.
-    args += [
-        "--tmpfs",
-        TMP,
-        "--dir",
-        HOME,
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/dev/shm",
-        "--proc",
-        "/proc",
-    ]
+    args += ["--tmpfs", TMP, "--dir", HOME]
+    args += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc"]  # this stage's processes
     for name in SYSTEM:
         path = Path(name)
         if path.is_symlink():
