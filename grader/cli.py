@@ -16,7 +16,8 @@ import os
 import sys
 
 from . import learner, manifest
-from .runner import grade, select_stages
+from .runner import Sandbox, grade, select_stages
+from .sandbox import availability, for_learner
 from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, make_console, render, render_list
@@ -164,11 +165,17 @@ def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
     select_stages(chapter, only)  # an unknown stage is a usage error before anything runs
     if args.hidden:
         os.environ["GRADER_HIDDEN"] = "1"  # the stage subprocesses inherit it
+        isolated, why = availability()
+        if not isolated:
+            console.print(f"WARNING: grading WITHOUT the OS sandbox: {why}", style="bold red")
+    sandbox = Sandbox(prefix=for_learner())
 
     live = LiveProgress(console, chapter)
     with learner.grading_session() as session:  # stages may leave artifacts (e2e text, losses)
         try:
-            result = grade(chapter, args.tree, only=only, run_all=args.all, listener=live)
+            result = grade(
+                chapter, args.tree, only=only, run_all=args.all, listener=live, sandbox=sandbox
+            )
         finally:
             live.close()
         learner.record(result)

@@ -66,6 +66,7 @@ class StageEvents:
         self.exit: dict[str, Any] | None = None
         self.finished = False
         self.flags: list[str] = []
+        self.warnings: list[str] = []  # shown, no effect on the score (grader/forbidden.py)
         self.hidden_excluded = 0
         self.startup: float | None = None  # seconds until the first test started (the runner's)
 
@@ -80,6 +81,8 @@ class StageEvents:
         event = r.get("event")
         if event == "flag" and r.get("reason", "integrity") not in self.flags:
             self.flags.append(r.get("reason", "integrity"))
+        elif event == "warning" and str(r.get("message")) not in self.warnings:
+            self.warnings.append(str(r.get("message")))
         elif event == "hidden" and not r.get("included"):
             self.hidden_excluded = int(r.get("count", 0))
         elif event == "collected":
@@ -136,6 +139,7 @@ class StageEvents:
             "returncode": returncode,
             "log_tail": log_tail,
             "flags": tuple(self.flags),
+            "warnings": tuple(self.warnings),
             "hidden_excluded": self.hidden_excluded,
             "startup": round(self.startup or 0.0, 3),
         }

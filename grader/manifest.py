@@ -55,6 +55,8 @@ class Stage:
     test_timeout: float = MIN_TEST_TIMEOUT  # seconds per test (the rule above)
     time_limit: float = 240.0  # seconds for the whole stage subprocess
     optional: bool = False  # locks nothing, not needed to pass, its points are extra credit
+    # Library APIs the tests use as oracles and the learner must not call (grader/forbidden.py).
+    forbidden: tuple[str, ...] = ()
 
     def hint_for(self, test_name: str | None) -> tuple[int, str]:
         """``(level, text)`` of the hint that fits ``test_name``, else the first; (0, "")
@@ -120,6 +122,11 @@ CH2 = Chapter(
                     ),
                 ),
             ),
+            forbidden=(
+                "torch.nn.functional.scaled_dot_product_attention",
+                "torch.nn.functional.multi_head_attention_forward",
+                "torch.nn.MultiheadAttention",
+            ),
         ),
         Stage(
             name="block",
@@ -146,6 +153,12 @@ CH2 = Chapter(
                         "test_decoder_block_is_causal",
                     ),
                 ),
+            ),
+            forbidden=(
+                "torch.nn.LayerNorm",
+                "torch.nn.functional.layer_norm",
+                "torch.nn.TransformerEncoderLayer",
+                "torch.nn.TransformerDecoderLayer",
             ),
         ),
         Stage(
@@ -184,6 +197,11 @@ CH2 = Chapter(
                         "test_beam_search_length_penalty",
                     ),
                 ),
+            ),
+            forbidden=(
+                "torch.nn.Transformer",
+                "torch.nn.TransformerEncoder",
+                "torch.nn.TransformerDecoder",
             ),
         ),
         Stage(

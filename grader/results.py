@@ -85,6 +85,7 @@ class StageResult:
     log_tail: str = ""  # the end of pytest's own output, for diagnosing a crash
     flags: tuple[str, ...] = ()  # integrity problems (grader/instructor/integrity.py): score 0
     hidden_excluded: int = 0  # tests marked hidden that this (learner's) run left out
+    warnings: tuple[str, ...] = ()  # shown, no effect on the score (grader/forbidden.py)
     optional: bool = False  # an optional stage (manifest: Stage.optional) locks nothing
 
     @property

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .events import StageEvents, Stop
+from .forbidden import env as forbidden_env
 from .manifest import Chapter, Stage
 from .results import ChapterResult, StageResult, TestResult
 from .statuses import ERROR, LOCKED, RESULTS_ENV, TIMED_OUT
@@ -106,6 +107,9 @@ def pytest_command(
         # The integrity guard (grader/guard.py); it switches itself off for solutions/.
         "-p",
         "grader.guard",
+        # The APIs the stage asks the learner to write (Stage.forbidden, grader/forbidden.py).
+        "-p",
+        "grader.forbidden",
     ]
 
 
@@ -253,7 +257,9 @@ def run_stage(
             proc = subprocess.Popen(
                 [*sandbox.prefix, *pytest_command(stage, python, root), *sandbox.pytest_args],
                 cwd=sandbox.cwd or repo_root,
-                env=stage_env(tree_value, results) | dict(sandbox.env),
+                env=stage_env(tree_value, results)
+                | forbidden_env(stage.forbidden)
+                | dict(sandbox.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

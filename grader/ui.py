@@ -233,6 +233,9 @@ def render(
     for stage in result.stages:
         for flag in stage.flags:
             console.print(Text(f"Integrity: {stage.name}: {flag} (no credit)", style="bold red"))
+        for warning in stage.warnings:
+            note = " (an instructor's run gives this stage 0)"
+            console.print(Text(f"Warning: {stage.name}: {warning}{note}", style="bold yellow"))
     problem = result.first_problem
     if problem is not None:
         for line in problem_lines(result, problem, verbose, hints_seen.get(problem.name, 0)):

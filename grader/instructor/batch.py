@@ -12,8 +12,10 @@ its own subprocess with ``LLMFS_TREE`` naming the copy, a scratch working direct
 ``HOME`` and ``TMPDIR``, ``PYTHONDONTWRITEBYTECODE``, ``PYTHONHASHSEED=0`` and a fixed number of
 torch threads (so the same submission always gets the same score), the integrity guard
 (``grader/guard.py``), a memory and an output limit (``grader/instructor/limits.py``) and a time limit for
-the whole submission (stages after it is used up are ``timed out``). The tests always come from
-the grader's ``tests/``. ``--jobs`` submissions are graded at once.
+the whole submission (stages after it is used up are ``timed out``), and the OS sandbox
+(``grader/sandbox.py``: no solutions, no other submission, no network, nothing
+outliving the stage), without which ``run`` refuses to grade unless ``--unsafe`` is given. The
+tests always come from the grader's ``tests/``. ``--jobs`` submissions are graded at once.
 
 Output (``--out``, default ``grades-<chapter>``): ``gradebook.csv`` (learner, one column per
 stage score, total, max_score, flags, first_problem), and per learner
@@ -35,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import sandbox as os_sandbox
 from ..manifest import Chapter
 from ..results import ChapterResult, StageResult
 from ..runner import Sandbox, run_stage, select_stages, unrun
@@ -55,6 +58,7 @@ class Options:
     output_mb: float | None = limits.DEFAULT_OUTPUT_MB
     hidden: bool = False  # include the tests marked hidden
     only: tuple[str, ...] | None = None  # grade only these stages
+    sandbox: bool = True  # each stage in the OS sandbox where available (grader/instructor/)
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,9 @@ def copy_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, target / rel / name)
 
 
-def sandbox_for(scratch: Path, options: Options) -> Sandbox:
-    """The subprocess settings for one submission, all under ``scratch``."""
+def sandbox_for(scratch: Path, options: Options, hide: tuple[Path, ...] = ()) -> Sandbox:
+    """The subprocess settings for one submission, all under ``scratch``; ``hide``: folders the
+    stage must not see even inside a visible one (the other submissions)."""
     dirs = {name: scratch / name for name in ("home", "tmp", "work")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
@@ -148,11 +153,16 @@ def sandbox_for(scratch: Path, options: Options) -> Sandbox:
         "MKL_NUM_THREADS": threads,
         "GRADER_HIDDEN": "1" if options.hidden else "0",
         "GRADER_GUARD": "1",
+        "GRADER_STRICT": "1",  # an instructor's run: a forbidden API scores 0 (grader/forbidden.py)
     }
+    isolated = options.sandbox and os_sandbox.availability()[0]
     return Sandbox(
         cwd=dirs["work"],
         env=env,
-        prefix=limits.prefix(options.memory_mb, options.output_mb),
+        prefix=(
+            *(os_sandbox.prefix(hide) if isolated else ()),
+            *limits.prefix(options.memory_mb, options.output_mb),
+        ),
     )
 
 
@@ -174,7 +184,7 @@ def grade_submission(
         findings = tuple(integrity.scan(submission.folder))
         prefix = submission.tree.relative_to(submission.folder).as_posix()
         prefix = f"{prefix}/" if prefix != "." else ""
-        sandbox = sandbox_for(scratch, options)
+        sandbox = sandbox_for(scratch, options, hide=(submission.folder.parent,))
         limit = options.time_limit or sum(s.time_limit for s in stages)
         deadline = start + limit
         results: list[StageResult] = []
@@ -310,6 +320,11 @@ def add_arguments(b) -> None:
     )
     b.add_argument("--hidden", action="store_true", help="include the tests marked hidden")
     b.add_argument("--stage", action="append", metavar="NAME", help="only this stage (repeat)")
+    b.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="grade even where the OS sandbox is not available (in-process guard only)",
+    )
 
 
 def run(args, chapter: Chapter, console) -> int:
@@ -321,6 +336,19 @@ def run(args, chapter: Chapter, console) -> int:
     out = Path(args.out or f"grades-{chapter.name}").resolve()
     if out.is_relative_to(Path(args.submissions).resolve()):
         raise UsageError("--out must not be inside the submissions folder")
+    isolated, why = os_sandbox.availability()
+    if not isolated and not args.unsafe:
+        raise UsageError(
+            f"the OS sandbox is not available here: {why}. Batch grading runs every stage in it; "
+            "--unsafe grades without it (the in-process guard alone)"
+        )
+    if not isolated:
+        console.print(
+            f"WARNING: grading WITHOUT the OS sandbox ({why}): a submission can read the "
+            "solutions, damage files and forge its results",
+            style="bold red",
+            markup=False,
+        )
     options = Options(
         jobs=args.jobs,
         time_limit=args.time_limit,

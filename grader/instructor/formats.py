@@ -9,7 +9,8 @@ per stage and one ``<testcase>`` per test. A test that ``failed`` or is ``not st
 ``skipped`` has ``<skipped>``; each with ``message`` (the learner's sentence) and ``type`` (the
 grader's status). A stage without tests (locked, or its tests could not be loaded) has one
 testcase named after the stage that carries the stage's message; integrity flags add a
-testcase ``integrity`` with a ``<failure>``.
+testcase ``integrity`` with a ``<failure>``. Control characters in names and messages are written
+as escapes (``grader/text.py``), so the file is always well-formed XML.
 
 **Gradescope** (``--gradescope FILE``; the fields of Gradescope's autograder specification,
 https://gradescope-autograders.readthedocs.io/en/latest/specs/): top-level ``score``,
@@ -39,6 +40,7 @@ from ..statuses import (
     SKIPPED,
     TIMED_OUT,
 )
+from ..text import escape_controls
 from .report import write_data
 
 FAILURES = (FAILED, NOT_STARTED)
@@ -50,6 +52,8 @@ VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 
 
 def _case(suite: ET.Element, classname: str, name: str, status: str, message: str, seconds=0.0):
+    # Messages and names come from the learner's code: no control character reaches the XML.
+    name, message = escape_controls(name), escape_controls(message)
     case = ET.SubElement(suite, "testcase", classname=classname, name=name, time=f"{seconds:.3f}")
     if status in FAILURES:
         ET.SubElement(case, "failure", message=message, type=status).text = message
@@ -62,7 +66,8 @@ def _case(suite: ET.Element, classname: str, name: str, status: str, message: st
 
 def junit_tree(result: ChapterResult, name: str | None = None) -> ET.ElementTree:
     """The JUnit XML document for ``result`` (``name`` labels the whole run, e.g. a learner)."""
-    root = ET.Element("testsuites", name=name or f"{result.chapter} · {result.title}")
+    label = escape_controls(name or f"{result.chapter} · {result.title}")  # a learner's folder name
+    root = ET.Element("testsuites", name=label)
     totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     for stage in result.stages:
         classname = f"{result.chapter}.{stage.name}"

@@ -22,6 +22,8 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
           "hidden_excluded": 0,             # tests marked hidden that this run left out
           "flags": [],                      # integrity problems (grader/instructor/integrity.py,
                                             # grader/guard.py): a flagged stage scores 0
+          "warnings": [],                   # shown only, e.g. a forbidden API in a learner's
+                                            # run (grader/forbidden.py)
           "points": 10, "score": 10.0,
           "tests_passed": 12, "tests_total": 12, "seconds": 2.4,
           "message": "",                    # the first problem, one or two sentences
@@ -88,6 +90,7 @@ def stage_dict(stage: StageResult) -> dict[str, Any]:
         "label": stage.label,
         "hidden_excluded": stage.hidden_excluded,
         "flags": list(stage.flags),
+        "warnings": list(stage.warnings),
         "points": stage.points,
         "score": stage.score,
         "tests_passed": stage.passed,

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from grader import cli, manifest
+from grader import cli, manifest, sandbox
 from grader.instructor import batch
 from grader.tree import REPO_ROOT
 
@@ -41,7 +41,9 @@ def submissions(tmp_path):
 
 
 def run_batch(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(["batch", *argv])
+    # Where the OS sandbox cannot start (macOS, some containers), grade with the guard alone.
+    unsafe = () if sandbox.availability()[0] else ("--unsafe",)
+    code = cli.main(["batch", *argv, *unsafe])
     out, err = capsys.readouterr()
     return code, out, err
 
