@@ -1,21 +1,26 @@
-"""Broken copies of the reference, one likely mistake each, graded as a learner's tree would be.
+"""Broken copies of the reference, one likely mistake each, run through their stage's tests.
 
-Each must fail in its own stage, and the grader's one-line message must name the mistake (the
-stage tests compute these variants with ``tests.helpers.Mistake``), not only list numbers. A
-copy is the reference with a few exact text edits: when the reference changes so that an edit
-no longer applies, this test says which one to update.
+Each must fail in its own stage, and the first failure (the one the grader shows) must be a
+one-line message that names the mistake (the stage tests compute these variants with
+``tests.helpers.Mistake``), not only list numbers. A copy is the reference with a few exact text
+edits: when the reference changes so that an edit no longer applies, this test says which one to
+update.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from grader import manifest, runner
+from grader import manifest
 from grader.tree import REPO_ROOT
 
 
@@ -209,29 +214,49 @@ def make_copy(root: Path, broken: Broken) -> Path:
     return tree
 
 
-def grade(broken: Broken, tree: Path) -> runner.StageResult:
-    """The stage's verdict on ``tree``, stopping at the first failure (the one the learner reads)."""
-    chapter_name, stage_name = broken.stage.split(".")
-    chapter = manifest.CHAPTERS[chapter_name]
-    first_failure = runner.Sandbox(pytest_args=("-x",))
-    return runner.run_stage(chapter, chapter.stage(stage_name), tree, sandbox=first_failure)
+def first_failures(jobs: list[dict[str, str]], folder: Path) -> dict[str, dict | None]:
+    """Each job's first failure, from one subprocess (see tests/meta/first_failure.py)."""
+    jobs_file, results_file = folder / "jobs.json", folder / "results.json"
+    jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.meta.first_failure", str(jobs_file), str(results_file)],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(results_file.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory) -> dict[str, runner.StageResult]:
+def graded(tmp_path_factory) -> dict[str, dict | None]:
+    """The first failure of each broken copy's stage: ch2's copies and ch3's in two processes."""
     root = tmp_path_factory.mktemp("broken")
-    trees = [make_copy(root, broken) for broken in BROKEN]
+    jobs: dict[str, list[dict[str, str]]] = {"ch2": [], "ch3": []}
+    for broken in BROKEN:
+        chapter, stage = broken.stage.split(".")
+        tests = manifest.CHAPTERS[chapter].stage(stage).tests
+        tree = make_copy(root, broken)
+        jobs[chapter].append({"name": broken.name, "tests": tests, "tree": str(tree)})
+    folders = [root / chapter for chapter in jobs]
+    for folder in folders:
+        folder.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = pool.map(grade, BROKEN, trees)
-        return {broken.name: result for broken, result in zip(BROKEN, results, strict=True)}
+        found: dict[str, dict | None] = {}
+        for results in pool.map(first_failures, jobs.values(), folders):
+            found |= results
+        return found
 
 
 @pytest.mark.parametrize("broken", BROKEN, ids=lambda b: b.name)
 def test_broken_copy_fails_its_stage_naming_the_mistake(graded, broken):
-    result = graded[broken.name]
-    assert result.status == "failed", f"{broken.name}: {result.status}: {result.message}"
-    assert broken.words in result.message, f"{broken.name}: {result.message}"
-    assert "\n" not in result.message, result.message
+    failure = graded[broken.name]
+    assert failure is not None, f"{broken.name} passes every test of {broken.stage}"
+    assert failure["type"] == "LearnerFailure", f"{broken.name}: {failure}"
+    assert broken.words in failure["message"], f"{broken.name}: {failure['message']}"
+    assert "\n" not in failure["message"], failure["message"]
 
 
 def test_every_broken_copy_has_its_own_name():
