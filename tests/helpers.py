@@ -94,10 +94,6 @@ def fail_if_mistake(
             fail(f"{what} came out as {mistake.name}: {mistake.fix}. Look at {where}.")
 
 
-def _entries(n: int) -> str:
-    return f"{n} entry" if n == 1 else f"{n} entries"
-
-
 def check_close(
     got: torch.Tensor,
     expected: torch.Tensor,
@@ -129,14 +125,14 @@ def check_close(
     if torch.isnan(got_f).any() and not torch.isnan(exp_f).any():
         n = int(torch.isnan(got_f).sum())
         fail(
-            f"{what} should have no NaN (the reference has none), but {_entries(n)} of "
-            f"{got_f.numel()} {'is' if n == 1 else 'are'} NaN{hint}. Look at {where}."
+            f"{what} should have no NaN (the reference has none), but {n} of {got_f.numel()} "
+            f"entries {'is' if n == 1 else 'are'} NaN{hint}. Look at {where}."
         )
     index = tuple(int(i) for i in bad.nonzero()[0])
     diff = float((got_f - exp_f).abs().nan_to_num(0.0).max())
     n = int(bad.sum())
     fail(
-        f"{what} should match the reference, but {_entries(n)} of {bad.numel()} "
+        f"{what} should match the reference, but {n} of {bad.numel()} entries "
         f"{'differs' if n == 1 else 'differ'} (first at index {index}: expected "
         f"{exp_f[index].item():.6g}, got {got_f[index].item():.6g}; largest difference "
         f"{diff:.3g}, tolerance atol={atol:g} rtol={rtol:g}){hint}. Look at {where}."

@@ -104,8 +104,9 @@ def test_sdpa_mask_matches_torch():
     check_close(
         weights.sum(-1),
         torch.ones(2, 3, 5),
-        "each query's weights summed over the keys it may attend to (mask True = may attend)",
+        "each query's weights summed over the keys it may attend to",
         SDPA,
+        hint="mask True means 'may attend', and a softmax over those keys sums to 1",
     )
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     check_close(out, expected, "the masked attention output", SDPA)
@@ -256,8 +257,9 @@ def test_mha_fully_masked_query_is_not_nan():
     check_close(
         out[1],
         mha.out_proj.bias.expand(5, 16),
-        "the output of fully masked queries (zero attention, so only out_proj's bias)",
+        "the output of fully masked queries",
         MHA_FWD,
+        hint="zero attention gives out_proj's bias alone",
     )
     out.sum().backward()
     check(

@@ -82,8 +82,9 @@ def test_embedding_is_scaled_and_positioned():
     check_close(
         model.encode(src),
         expected,
-        "encode(src) of a model with n_layers=0 (embedding * sqrt(d_model) + sinusoidal positions)",
+        "encode(src) of a model with n_layers=0",
         ENCODE,
+        hint="it should be src_embed(src) * sqrt(d_model) + the sinusoidal positions",
     )
 
 
@@ -167,18 +168,19 @@ def test_source_padding_changes_nothing():
     check_close(
         model(more_padding, tgt),
         logits,
-        "the logits after 3 more PAD columns on the source "
-        "(padding must be masked in the encoder and in cross-attention)",
+        "the logits after 3 more PAD columns on the source",
         MODEL,
         atol=1e-5,
+        hint="padding must be masked in the encoder and in cross-attention",
     )
     alone = model(src[2:, :2], tgt[2:])  # the short sentence on its own, without any padding
     check_close(
         logits[2:],
         alone,
-        "the logits of a short source padded inside a batch (vs. on its own)",
+        "the logits of a short source padded inside a batch",
         MODEL,
         atol=1e-5,
+        hint="they should equal its logits on its own, without padding",
     )
 
 

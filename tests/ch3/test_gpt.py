@@ -308,9 +308,10 @@ def test_forward_matches_reference():
     check_close(
         loss,
         expected_loss,
-        "loss (mean cross-entropy over positions whose target is not -1)",
+        "the loss",
         FORWARD,
         atol=1e-5,
+        hint="the mean cross-entropy over the positions whose target is not -1",
     )
     no_loss = model(idx)
     check(
@@ -345,8 +346,9 @@ def test_causality():
         prefix,
         logits[:, :6],
         "logits of the first 6 tokens run alone",
-        f"{FORWARD} (positions must start at 0)",
+        FORWARD,
         atol=1e-5,
+        hint="positions must start at 0",
     )
 
 
@@ -459,8 +461,9 @@ def test_from_hf_state_dict_round_trip(prefix):
             loaded(idx)[0],
             before,
             "logits after the source state dict changed",
-            "ch3/gpt.py, GPT.from_hf_state_dict (copy the weights)",
+            "ch3/gpt.py, GPT.from_hf_state_dict",
             atol=0,
+            hint="the model must own copies of the weights, not share the caller's tensors",
         )
     default_heads = gpt.GPT.from_hf_state_dict(to_hf(tiny(n_embd=128, n_head=2), prefix))
     check_equal(
