@@ -2,7 +2,9 @@
 
 Stage tests use these instead of bare ``assert`` so that the grader can show one or two plain
 lines instead of a traceback. Every helper raises :class:`LearnerFailure` (an ``AssertionError``),
-whose message is complete on its own.
+whose message is complete on its own. A check given the likely wrong variants (:class:`Mistake`)
+names the one the learner's output equals, and the sentences are built so that no verb has to
+agree with ``what`` ("the attention weights" and "the output" both read right).
 """
 
 from __future__ import annotations
