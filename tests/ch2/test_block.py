@@ -170,9 +170,12 @@ def _randomize(ours: nn.Module, decoder: bool) -> None:
 
 def _swapped(norm_first: bool, output: torch.Tensor) -> Mistake:
     """The block computed in the other LayerNorm style: ``output`` is torch's layer of that style."""
-    want, got = STYLE[norm_first], STYLE[not norm_first]
-    flag = f"norm_first={norm_first}"
-    return Mistake(f"the {got.split(':')[0]} block", f"{flag} asks for {want}", output)
+    want, got = STYLE[norm_first].split(": "), STYLE[not norm_first].split(": ")
+    return Mistake(
+        f"the {got[0]} block, {got[1]}",
+        f"norm_first={norm_first} asks for {want[0]}, {want[1]}",
+        output,
+    )
 
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
