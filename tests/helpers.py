@@ -2,13 +2,15 @@
 
 Stage tests use these instead of bare ``assert`` so that the grader can show one or two plain
 lines instead of a traceback. Every helper raises :class:`LearnerFailure` (an ``AssertionError``),
-whose message is complete on its own.
+whose message is complete on its own. A check given the likely wrong variants (:class:`Mistake`)
+names the one the learner's output equals, and the sentences are built so that no verb has to
+agree with ``what`` ("the attention weights" and "the output" both read right).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,6 +43,59 @@ def check_shape(got: torch.Tensor, expected: Sequence[int], what: str, where: st
         )
 
 
+@dataclass(frozen=True)
+class Mistake:
+    """A wrong variant of the reference that a learner is likely to write, computed by the test.
+
+    ``name`` says what that variant computes ("softmax(QK^T) without the 1/sqrt(d_k) scale"),
+    ``fix`` what to change, in one clause ("divide the scores by sqrt(d_k)"), and ``value`` what
+    the variant gives on the test's inputs (a tensor, or any value compared with ``==``). When a
+    check fails and the learner's output equals a variant, the failure names the mistake instead
+    of listing numbers.
+    """
+
+    name: str
+    fix: str
+    value: object
+
+
+def same(got: object, value: object, *, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    """``got`` equals ``value``: tensors of one shape within the tolerance, anything else by ``==``."""
+    if isinstance(value, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != value.shape:
+            return False
+        return torch.allclose(
+            got.detach().to(torch.float64),
+            value.detach().to(torch.float64),
+            atol=atol,
+            rtol=rtol,
+            equal_nan=True,
+        )
+    try:
+        return bool(got == value)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def fail_if_mistake(
+    got: object,
+    mistakes: Iterable[Mistake],
+    what: str,
+    where: str,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Fail naming the first of ``mistakes`` whose value ``got`` equals; nothing when none does.
+
+    Call it where a check has already found ``got`` wrong: a variant equal to the right answer
+    on the test's inputs would otherwise name a mistake the learner did not make.
+    """
+    for mistake in mistakes:
+        if same(got, mistake.value, atol=atol, rtol=rtol):
+            fail(f"{what} came out as {mistake.name}: {mistake.fix}. Look at {where}.")
+
+
 def check_close(
     got: torch.Tensor,
     expected: torch.Tensor,
@@ -49,30 +104,41 @@ def check_close(
     *,
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    mistakes: Iterable[Mistake] = (),
+    hint: str = "",
 ) -> None:
-    """``got`` matches ``expected`` in shape, dtype kind and values, or a one-sentence failure."""
+    """``got`` matches ``expected`` in shape, dtype kind and values, or a one-sentence failure.
+
+    When the values differ and equal one of ``mistakes`` (within the same tolerance), the
+    sentence names that mistake; otherwise it gives the first differing entry, followed by
+    ``hint`` (what usually causes wrong values here; never shown for a shape or dtype failure).
+    """
     check_shape(got, expected.shape, what, where)
     if got.dtype.is_floating_point != expected.dtype.is_floating_point or got.dtype == torch.bool:
         if got.dtype != expected.dtype:
             fail(f"{what} should have dtype {expected.dtype}, got {got.dtype}. Look at {where}.")
     got_f = got.detach().to(torch.float64)
     exp_f = expected.detach().to(torch.float64)
+    bad = ~torch.isclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True)
+    if not bad.any():
+        return
+    fail_if_mistake(got, mistakes, what, where, atol=atol, rtol=rtol)
+    hint = f"; {hint}" if hint else ""
     if torch.isnan(got_f).any() and not torch.isnan(exp_f).any():
         n = int(torch.isnan(got_f).sum())
         fail(
-            f"{what} contains {n} NaN value(s) where the reference has none. Look at {where} "
-            "(a row whose scores are all -inf gives NaN after softmax)."
+            f"{what} should have no NaN (the reference has none), but {n} of {got_f.numel()} "
+            f"entries {'is' if n == 1 else 'are'} NaN{hint}. Look at {where}."
         )
-    bad = ~torch.isclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True)
-    if bad.any():
-        index = tuple(int(i) for i in bad.nonzero()[0])
-        diff = float((got_f - exp_f).abs().nan_to_num(0.0).max())
-        fail(
-            f"{what} differs from the reference at {int(bad.sum())} of {bad.numel()} entries "
-            f"(first at index {index}: expected {exp_f[index].item():.6g}, got "
-            f"{got_f[index].item():.6g}; largest difference {diff:.3g}, tolerance "
-            f"atol={atol:g} rtol={rtol:g}). Look at {where}."
-        )
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    diff = float((got_f - exp_f).abs().nan_to_num(0.0).max())
+    n = int(bad.sum())
+    fail(
+        f"{what} should match the reference, but {n} of {bad.numel()} entries "
+        f"{'differs' if n == 1 else 'differ'} (first at index {index}: expected "
+        f"{exp_f[index].item():.6g}, got {got_f[index].item():.6g}; largest difference "
+        f"{diff:.3g}, tolerance atol={atol:g} rtol={rtol:g}){hint}. Look at {where}."
+    )
 
 
 def check_equal(got: object, expected: object, what: str, where: str) -> None:

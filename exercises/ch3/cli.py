@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,19 @@ def make_tokenizer(kind: str, text: str, vocab_size: int = 512):
     return BPETokenizer().train(text, vocab_size=vocab_size)
 
 
+@contextmanager
+def naming(path: Path, what: str) -> Iterator[None]:
+    """An error from what ``path`` holds becomes one ValueError naming it, never a traceback."""
+    try:
+        yield
+    except NotImplementedError:
+        raise  # an exercise stub: main() says which stage to start
+    except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        text = " ".join(str(e).split())  # torch lists every mismatch on its own line
+        text = text if len(text) <= 300 else text[:300] + " ..."
+        raise ValueError(text if str(path) in text else f"{path}: {what}: {text}") from None
+
+
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a GPTTrainer checkpoint or a Hugging Face GPT-2 folder.
 
@@ -91,15 +106,20 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if path.is_dir() and all((path / name).is_file() for name in HF_FILES):
         from .safetensors_io import load_file
 
-        model = GPT.from_hf_state_dict(load_file(path / "model.safetensors"))
-        tokenizer = load_gpt2_files(path / "vocab.json", path / "merges.txt")
+        with naming(path / "model.safetensors", "not GPT-2 weights"):
+            model = GPT.from_hf_state_dict(load_file(path / "model.safetensors"))
+        with naming(path / "vocab.json", "not GPT-2's vocab.json and merges.txt"):
+            tokenizer = load_gpt2_files(path / "vocab.json", path / "merges.txt")
     else:
         ckpt = load_checkpoint(path)
         if ckpt["config"] is None or ckpt["tokenizer"] is None:
             raise CheckpointError(f"{path} has no model config or no tokenizer to sample with")
-        model = GPT(GPTConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-        tokenizer = tokenizer_from_dict(json.loads(ckpt["tokenizer"]))
+        file = path / "checkpoint.pt" if path.is_dir() else path
+        with naming(file, "its model does not fit this GPT"):
+            model = GPT(GPTConfig(**ckpt["config"]))
+            model.load_state_dict(ckpt["model"])
+        with naming(file, "its tokenizer is not a tokenizer description"):
+            tokenizer = tokenizer_from_dict(json.loads(ckpt["tokenizer"]))
     return model.to(device).eval(), tokenizer
 
 
@@ -139,7 +159,8 @@ def train(args: argparse.Namespace) -> int:
     if args.text is None:
         text, source = corpus.generate_corpus(), "the built-in corpus"
     else:
-        text, source = args.text.read_text(encoding="utf-8"), str(args.text)
+        with naming(args.text, "not a UTF-8 text file"):
+            text, source = args.text.read_text(encoding="utf-8"), str(args.text)
     tokenizer = make_tokenizer(args.tokenizer, text, args.vocab_size)
     shape = dict(CONFIGS[args.config])
     if args.block_size:
@@ -173,7 +194,8 @@ def train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     if args.resume:
-        trainer.load_checkpoint(args.out)
+        with naming(args.out, "its training state does not fit this run"):
+            trainer.load_checkpoint(args.out)
         print(f"resumed from {args.out} at step {trainer.step}")
     history = trainer.train()
     if history["val"]:
@@ -209,6 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     except NotImplementedError as e:  # an exercise stub: say which stage, not a traceback
         print(e, file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as e:  # bad paths, checkpoints, arguments
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # bad paths, files, checkpoints, arguments: one line
+        print("error:", " ".join(str(e).split()), file=sys.stderr)
         return 1

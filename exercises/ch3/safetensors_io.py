@@ -9,6 +9,7 @@ end]}, ..., "__metadata__": {...}}``; then the raw little-endian tensor bytes, e
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -45,9 +46,14 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except ValueError as e:
         raise ValueError(f"{path} is not a safetensors file: bad JSON header ({e})") from e
+    if not isinstance(header, dict):
+        kind = type(header).__name__
+        raise ValueError(f"{path} is not a safetensors file: its header is a JSON {kind}")
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise ValueError(f"{path}: tensor {name!r} needs a dtype, a shape and data_offsets")
         if info["dtype"] not in DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         dtype = DTYPES[info["dtype"]]
@@ -55,6 +61,11 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
         if end > len(data) - 8 - n or begin > end:
             raise ValueError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
         count = (end - begin) // dtype.itemsize
+        if count != math.prod(info["shape"]) or count * dtype.itemsize != end - begin:
+            raise ValueError(
+                f"{path}: tensor {name!r} has shape {info['shape']} but {end - begin} bytes of "
+                f"{info['dtype']} data"
+            )
         if count == 0:
             flat = torch.empty(0, dtype=dtype)
         else:  # a view of the file's bytes, not a copy (GPT-2 small is 500 MB)

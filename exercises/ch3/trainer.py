@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -101,7 +102,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}: train first, or check the path")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated zip, a foreign pickle, random bytes...
+    except pickle.UnpicklingError as e:  # torch's explanation is a page long
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: torch.load(weights_only=True) refused it "
+            "(corrupt, or it holds pickled Python objects, which are never loaded)"
+        ) from e
+    except Exception as e:  # a truncated zip, a foreign file...
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt, or not written by "
             f"GPTTrainer.save_checkpoint): {type(e).__name__}: {e}"

@@ -12,8 +12,16 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from grader.tree import load
-from tests.ch2.oracles import copy_attention, key_padding, submodule, unpack_attention
-from tests.helpers import check, check_close, check_equal, check_raises, check_shape
+from tests.ch2.oracles import (
+    attention_weights,
+    copy_attention,
+    key_padding,
+    multi_head_by_hand,
+    sdpa_mistakes,
+    submodule,
+    unpack_attention,
+)
+from tests.helpers import Mistake, check, check_close, check_equal, check_raises, check_shape
 
 attention = load("ch2.attention")
 
@@ -30,12 +38,47 @@ def _mha(module, query, key, value, mask=None):
     return unpack_attention(module(query, key, value, mask), MHA_FWD)
 
 
+HEADS_SPLIT = (
+    "heads split without a transpose (the projection viewed straight as (B, h, T, d_k), which "
+    "mixes positions and heads)"
+)
+SPLIT_FIX = "view it as (B, T, h, d_k), then .transpose(1, 2) to (B, h, T, d_k)"
+
+
+def _mha_mistakes(module, n_heads, query, key, value, mask=None):
+    """``(mistakes in the weights, mistakes in the output)`` of MultiHeadAttention, here."""
+    _, split_weights = multi_head_by_hand(
+        module, n_heads, query, key, value, mask, transpose_split=False
+    )
+    merged_output, _ = multi_head_by_hand(
+        module, n_heads, query, key, value, mask, transpose_merge=False
+    )
+    merge = Mistake(
+        "heads put back without a transpose ((B, h, T, d_k) reshaped straight to "
+        "(B, T, d_model), which mixes positions and heads)",
+        "out.transpose(1, 2) to (B, T, h, d_k) first, then reshape to (B, T, d_model)",
+        merged_output,
+    )
+    return [Mistake(HEADS_SPLIT, SPLIT_FIX, split_weights)], [merge]
+
+
+def _check_deterministic_in_eval(module, query, key, value, mask, first_output):
+    again, _ = _mha(module, query, key, value, mask)
+    check(
+        torch.equal(again, first_output),
+        f"two calls in eval mode gave different outputs: dropout must be off in eval "
+        f"(dropout_p = self.dropout if self.training else 0.0). Look at {MHA_FWD}.",
+    )
+
+
 def test_sdpa_matches_torch():
     """scaled_dot_product_attention matches F.scaled_dot_product_attention and softmax(QK^T/sqrt(d))."""
     q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 6)
     out, weights = _sdpa(q, k, v)
     expected_weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
-    check_close(weights, expected_weights, "the attention weights", SDPA)
+    check_close(
+        weights, expected_weights, "the attention weights", SDPA, mistakes=sdpa_mistakes(q, k)
+    )
     check_close(out, F.scaled_dot_product_attention(q, k, v), "the attention output", SDPA)
 
 
@@ -45,6 +88,13 @@ def test_sdpa_mask_matches_torch():
     mask = torch.rand(2, 1, 5, 7) < 0.6
     mask[..., 0], mask[..., 1] = True, False  # every query keeps some keys and loses some
     out, weights = _sdpa(q, k, v, mask)
+    check_close(
+        weights,
+        attention_weights(q, k, mask),
+        "the masked attention weights",
+        SDPA,
+        mistakes=sdpa_mistakes(q, k, mask),
+    )
     masked = weights.masked_select(~mask.expand_as(weights))
     check(
         bool((masked == 0).all()),
@@ -54,8 +104,9 @@ def test_sdpa_mask_matches_torch():
     check_close(
         weights.sum(-1),
         torch.ones(2, 3, 5),
-        "each query's weights summed over the keys it may attend to (mask True = may attend)",
+        "each query's weights summed over the keys it may attend to",
         SDPA,
+        hint="mask True means 'may attend', and a softmax over those keys sums to 1",
     )
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     check_close(out, expected, "the masked attention output", SDPA)
@@ -67,7 +118,14 @@ def test_sdpa_fully_masked_query_gives_zeros():
     mask = torch.ones(2, 4, 6, dtype=torch.bool)
     mask[0, 1] = False  # query 1 of batch 0 may attend to nothing
     out, weights = _sdpa(q, k, v, mask)
-    check_close(weights[0, 1], torch.zeros(6), "the weights of a query with every key masked", SDPA)
+    check_close(
+        weights[0, 1],
+        torch.zeros(6),
+        "the weights of a query with every key masked",
+        SDPA,
+        hint="softmax over scores that are all -inf gives NaN: set the weights where the mask "
+        "is False to 0 after the softmax",
+    )
     check_close(out[0, 1], torch.zeros(8), "the output of a query with every key masked", SDPA)
     expected = F.scaled_dot_product_attention(q[1], k[1], v[1])
     check_close(out[1], expected, "the output of the unmasked batch element", SDPA)
@@ -151,15 +209,22 @@ def test_mha_matches_torch_self_attention(bias):
     x = torch.randn(3, 6, 16)
     keep = key_padding([6, 4, 2], 6)  # (B, T), True = real token
     causal = torch.ones(6, 6, dtype=torch.bool).tril()
-    out, weights = _mha(ours, x, x, x, causal & keep[:, None, None, :])
+    mask = causal & keep[:, None, None, :]
+    out, weights = _mha(ours, x, x, x, mask)
     # PyTorch's boolean masks mean the opposite: True = NOT allowed.
     expected, expected_weights = theirs(
         x, x, x, attn_mask=~causal, key_padding_mask=~keep, average_attn_weights=False
     )
-    check_close(weights, expected_weights, "the per-head attention weights (B, h, T, T)", MHA_FWD)
+    weight_mistakes, output_mistakes = _mha_mistakes(ours, 4, x, x, x, mask)
     check_close(
-        out, expected, "the multi-head attention output (dropout must be off in eval)", MHA_FWD
+        weights,
+        expected_weights,
+        "the per-head attention weights (B, h, T, T)",
+        MHA_FWD,
+        mistakes=weight_mistakes,
     )
+    _check_deterministic_in_eval(ours, x, x, x, mask, out)
+    check_close(out, expected, "the multi-head attention output", MHA_FWD, mistakes=output_mistakes)
 
 
 def test_mha_matches_torch_cross_attention():
@@ -169,13 +234,17 @@ def test_mha_matches_torch_cross_attention():
     copy_attention(ours, theirs, MHA)
     query, memory = torch.randn(2, 5, 24), torch.randn(2, 7, 24)
     keep = key_padding([7, 3], 7)
-    out, weights = _mha(ours, query, memory, memory, keep[:, None, None, :])
+    mask = keep[:, None, None, :]
+    out, weights = _mha(ours, query, memory, memory, mask)
     expected, expected_weights = theirs(
         query, memory, memory, key_padding_mask=~keep, average_attn_weights=False
     )
+    weight_mistakes, output_mistakes = _mha_mistakes(ours, 3, query, memory, memory, mask)
     check_shape(weights, (2, 3, 5, 7), "the attention weights of 3 heads", MHA_FWD)
-    check_close(weights, expected_weights, "the cross-attention weights", MHA_FWD)
-    check_close(out, expected, "the cross-attention output", MHA_FWD)
+    check_close(
+        weights, expected_weights, "the cross-attention weights", MHA_FWD, mistakes=weight_mistakes
+    )
+    check_close(out, expected, "the cross-attention output", MHA_FWD, mistakes=output_mistakes)
 
 
 def test_mha_fully_masked_query_is_not_nan():
@@ -188,8 +257,9 @@ def test_mha_fully_masked_query_is_not_nan():
     check_close(
         out[1],
         mha.out_proj.bias.expand(5, 16),
-        "the output of fully masked queries (zero attention, so only out_proj's bias)",
+        "the output of fully masked queries",
         MHA_FWD,
+        hint="zero attention gives out_proj's bias alone",
     )
     out.sum().backward()
     check(

@@ -18,7 +18,7 @@ from tests.ch2.oracles import (
     randomize_layernorm,
     submodule,
 )
-from tests.helpers import check, check_close, check_equal, check_raises, check_shape
+from tests.helpers import Mistake, check, check_close, check_equal, check_raises, check_shape
 
 block = load("ch2.block")
 attention = load("ch2.attention")
@@ -31,6 +31,26 @@ DEC = "ch2/block.py, DecoderBlock.forward"
 STYLE = {False: "post-LN: norm(x + sublayer(x))", True: "pre-LN: x + sublayer(norm(x))"}
 
 
+def layernorm_mistakes(x: torch.Tensor, norm: nn.Module, eps: float) -> list[Mistake]:
+    """LayerNorm with the unbiased variance, and with eps outside the square root."""
+    mean = x.mean(-1, keepdim=True)
+    unbiased = x.var(-1, keepdim=True, correction=1)
+    biased = x.var(-1, keepdim=True, correction=0)
+    w, b = norm.weight.detach(), norm.bias.detach()
+    return [
+        Mistake(
+            "LayerNorm with the unbiased variance (divided by d_model - 1)",
+            "use x.var(dim=-1, unbiased=False), as nn.LayerNorm does",
+            (x - mean) / torch.sqrt(unbiased + eps) * w + b,
+        ),
+        Mistake(
+            "LayerNorm with eps added to the standard deviation, outside the square root",
+            "divide by torch.sqrt(var + eps)",
+            (x - mean) / (torch.sqrt(biased) + eps) * w + b,
+        ),
+    ]
+
+
 def test_layernorm_matches_torch():
     """LayerNorm equals nn.LayerNorm (biased variance over the last dimension, then weight and bias)."""
     ours = block.LayerNorm(16)
@@ -40,14 +60,26 @@ def test_layernorm_matches_torch():
     theirs = nn.LayerNorm(16)
     copy_weight_and_bias(ours, theirs)
     x = 3 * torch.randn(2, 5, 16) + 1
-    check_close(ours(x), theirs(x), "LayerNorm's output", LN + ".forward")
+    check_close(
+        ours(x),
+        theirs(x),
+        "LayerNorm's output",
+        LN + ".forward",
+        mistakes=layernorm_mistakes(x, theirs, 1e-5),
+    )
 
 
 def test_layernorm_uses_eps():
     """LayerNorm(d, eps) adds eps to the variance inside the square root, as nn.LayerNorm does."""
     x = 1e-2 * torch.randn(4, 8)  # variance ~1e-4, so eps=1e-2 matters a lot
-    expected = nn.LayerNorm(8, eps=1e-2)(x)
-    check_close(block.LayerNorm(8, eps=1e-2)(x), expected, "LayerNorm(8, eps=1e-2)", LN)
+    theirs = nn.LayerNorm(8, eps=1e-2)
+    check_close(
+        block.LayerNorm(8, eps=1e-2)(x),
+        theirs(x),
+        "LayerNorm(8, eps=1e-2)",
+        LN,
+        mistakes=layernorm_mistakes(x, theirs, 1e-2),
+    )
 
 
 def test_positional_encoding_closed_form():
@@ -101,9 +133,9 @@ def test_feedforward():
 def _torch_layer(
     ours: nn.Module, d_model: int, d_ff: int, norm_first: bool, *, decoder: bool
 ) -> nn.Module:
-    """nn.TransformerEncoderLayer (or DecoderLayer) holding the tree's weights (4 heads, ReLU).
-
-    The LayerNorms of ``ours`` are randomised first, so a swapped or skipped norm shows.
+    """nn.TransformerEncoderLayer (or DecoderLayer) holding the tree's weights (4 heads, ReLU),
+    in eval mode (dropout off). Randomise the LayerNorms of ``ours`` first (:func:`_randomize`),
+    so that a swapped or skipped norm shows.
     """
     where = DEC if decoder else ENC
     layer = nn.TransformerDecoderLayer if decoder else nn.TransformerEncoderLayer
@@ -122,29 +154,51 @@ def _torch_layer(
     ff = submodule(ours, "ff", where)
     copy_weight_and_bias(submodule(ff, "linear1", FF), theirs.linear1)
     copy_weight_and_bias(submodule(ff, "linear2", FF), theirs.linear2)
-    for name in ("norm1", "norm2", "norm3") if decoder else ("norm1", "norm2"):
-        randomize_layernorm(submodule(ours, name, where))
-        copy_weight_and_bias(getattr(ours, name), getattr(theirs, name))
-    return theirs
+    for name in _norms(decoder):
+        copy_weight_and_bias(submodule(ours, name, where), getattr(theirs, name))
+    return theirs.eval()
+
+
+def _norms(decoder: bool) -> tuple[str, ...]:
+    return ("norm1", "norm2", "norm3") if decoder else ("norm1", "norm2")
+
+
+def _randomize(ours: nn.Module, decoder: bool) -> None:
+    for name in _norms(decoder):
+        randomize_layernorm(submodule(ours, name, DEC if decoder else ENC))
+
+
+def _swapped(norm_first: bool, output: torch.Tensor) -> Mistake:
+    """The block computed in the other LayerNorm style: ``output`` is torch's layer of that style."""
+    want, got = STYLE[norm_first].split(": "), STYLE[not norm_first].split(": ")
+    return Mistake(
+        f"the {got[0]} block, {got[1]}",
+        f"norm_first={norm_first} asks for {want[0]}, {want[1]}",
+        output,
+    )
 
 
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_encoder_block_matches_torch(norm_first):
     """EncoderBlock equals nn.TransformerEncoderLayer with the same weights, with source padding."""
     ours = block.EncoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
+    _randomize(ours, decoder=False)
     theirs = _torch_layer(ours, 16, 32, norm_first, decoder=False)
-    ours.eval()
-    theirs.eval()  # dropout=0.1 in both: eval mode must switch it off
+    other = _torch_layer(ours, 16, 32, not norm_first, decoder=False)
+    ours.eval()  # dropout=0.1 in both: eval mode must switch it off
     x = torch.randn(3, 7, 16)
     keep = key_padding([7, 5, 2], 7)
     out = ours(x, keep[:, None, None, :])
     expected = theirs(x, src_key_padding_mask=~keep)  # PyTorch: True = padding
+    swapped = other(x, src_key_padding_mask=~keep)
     check_close(
         out,
         expected,
-        f"EncoderBlock(norm_first={norm_first}) ({STYLE[norm_first]})",
+        f"EncoderBlock(norm_first={norm_first})'s output",
         ENC,
         atol=1e-5,
+        mistakes=[_swapped(norm_first, swapped)],
+        hint=f"it should be {STYLE[norm_first]}",
     )
 
 
@@ -152,9 +206,10 @@ def test_encoder_block_matches_torch(norm_first):
 def test_decoder_block_matches_torch(norm_first):
     """DecoderBlock equals nn.TransformerDecoderLayer with the same weights, causal and padding masks."""
     ours = block.DecoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
+    _randomize(ours, decoder=True)
     theirs = _torch_layer(ours, 16, 32, norm_first, decoder=True)
-    ours.eval()
-    theirs.eval()  # dropout=0.1 in both: eval mode must switch it off
+    other = _torch_layer(ours, 16, 32, not norm_first, decoder=True)
+    ours.eval()  # dropout=0.1 in both: eval mode must switch it off
     x, memory = torch.randn(3, 6, 16), torch.randn(3, 7, 16)
     tgt_keep, src_keep = key_padding([6, 4, 3], 6), key_padding([7, 2, 5], 7)
     causal = torch.ones(6, 6, dtype=torch.bool).tril()
@@ -164,20 +219,20 @@ def test_decoder_block_matches_torch(norm_first):
         tgt_mask=causal & tgt_keep[:, None, None, :],
         memory_mask=src_keep[:, None, None, :],
     )
-    expected = theirs(  # PyTorch's boolean masks: True = NOT allowed
-        x,
-        memory,
-        tgt_mask=~causal,
-        tgt_key_padding_mask=~tgt_keep,
-        memory_key_padding_mask=~src_keep,
+    torch_masks = dict(  # PyTorch's boolean masks: True = NOT allowed
+        tgt_mask=~causal, tgt_key_padding_mask=~tgt_keep, memory_key_padding_mask=~src_keep
     )
+    expected = theirs(x, memory, **torch_masks)
+    swapped = other(x, memory, **torch_masks)
     check_close(
         out,
         expected,
-        f"DecoderBlock(norm_first={norm_first}) ({STYLE[norm_first]}; self-attention, then cross-attention "
-        "to memory, then feed-forward)",
+        f"DecoderBlock(norm_first={norm_first})'s output",
         DEC,
         atol=1e-5,
+        mistakes=[_swapped(norm_first, swapped)],
+        hint=f"it should be {STYLE[norm_first]}: self-attention, then cross-attention to memory, "
+        "then feed-forward",
     )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from grader.tree import load
 from tests.ch2.oracles import submodule
-from tests.helpers import check, check_close, check_raises, check_shape, fail
+from tests.helpers import Mistake, check, check_close, check_raises, check_shape, fail
 
 transformer = load("ch2.transformer")
 attention = load("ch2.attention")
@@ -82,8 +82,9 @@ def test_embedding_is_scaled_and_positioned():
     check_close(
         model.encode(src),
         expected,
-        "encode(src) of a model with n_layers=0 (embedding * sqrt(d_model) + sinusoidal positions)",
+        "encode(src) of a model with n_layers=0",
         ENCODE,
+        hint="it should be src_embed(src) * sqrt(d_model) + the sinusoidal positions",
     )
 
 
@@ -114,6 +115,16 @@ def test_encode_runs_the_encoder_stack_with_padding_mask():
     check_close(model.encode(src), x, "encode(src)", ENCODE)
 
 
+@torch.no_grad()
+def decode_by_hand(model, tgt, memory, memory_mask, tgt_mask):
+    """The decoder stack run here with the tree's own layers (``tgt`` has no padding)."""
+    layers = submodule(model, "decoder_layers", MODEL + ".__init__")
+    x = model.embed(tgt, submodule(model, "tgt_embed", MODEL + ".__init__"))
+    for layer in layers:
+        x = layer(x, memory, tgt_mask, memory_mask)
+    return submodule(model, "lm_head", MODEL + ".__init__")(x)
+
+
 def test_decoding_one_token_at_a_time_equals_teacher_forcing():
     """decode on the prefix tgt[:, :t+1] gives the same last logits as forward(src, tgt)[:, t]."""
     model = small_model()
@@ -122,16 +133,29 @@ def test_decoding_one_token_at_a_time_equals_teacher_forcing():
     full = model(src, tgt)
     memory = model.encode(src)
     memory_mask = attention.padding_mask(src, PAD)
+    unmasked = decode_by_hand(model, tgt, memory, memory_mask, tgt_mask=None)
+    no_causal_mask = Mistake(
+        "a decoder whose self-attention has no causal mask (position t sees the later tokens)",
+        "mask the self-attention with causal_mask(T) & padding_mask(tgt, pad_id)",
+        unmasked,
+    )
+    check_close(
+        full,
+        decode_by_hand(model, tgt, memory, memory_mask, attention.causal_mask(tgt.size(1))),
+        "the teacher-forced logits forward(src, tgt)",
+        DECODE,
+        atol=1e-5,
+        mistakes=[no_causal_mask],
+    )
     for t in range(tgt.size(1)):
         step = model.decode(tgt[:, : t + 1], memory, memory_mask)[:, -1]
         check_close(
             step,
             full[:, t],
-            f"the logits at position {t} decoded from the first {t + 1} "
-            "tokens (vs. the teacher-forced forward pass; if they differ, position t sees later "
-            "tokens: the decoder's self-attention needs the causal mask)",
+            f"the logits at position {t} decoded from the first {t + 1} tokens",
             DECODE,
             atol=1e-5,
+            hint="they should equal the teacher-forced forward pass at position t",
         )
 
 
@@ -144,18 +168,19 @@ def test_source_padding_changes_nothing():
     check_close(
         model(more_padding, tgt),
         logits,
-        "the logits after 3 more PAD columns on the source "
-        "(padding must be masked in the encoder and in cross-attention)",
+        "the logits after 3 more PAD columns on the source",
         MODEL,
         atol=1e-5,
+        hint="padding must be masked in the encoder and in cross-attention",
     )
     alone = model(src[2:, :2], tgt[2:])  # the short sentence on its own, without any padding
     check_close(
         logits[2:],
         alone,
-        "the logits of a short source padded inside a batch (vs. on its own)",
+        "the logits of a short source padded inside a batch",
         MODEL,
         atol=1e-5,
+        hint="they should equal its logits on its own, without padding",
     )
 
 

@@ -165,3 +165,134 @@ def test_untouched_exercises_say_not_started():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "stage 'tokenizer' not started" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- bad files at the command line: one line naming the file, exit code 1, never a traceback ------
+
+TINY_GPT = {"vocab_size": 5, "block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 8}
+
+
+def write_checkpoint(path, **changes) -> None:
+    """A checkpoint as GPTTrainer.save_checkpoint writes it (untrained), with ``changes``."""
+    gpt, tokenizer = load("ch3.gpt"), load("ch3.tokenizer")
+    ckpt = {
+        "model": gpt.GPT(gpt.GPTConfig(**TINY_GPT)).state_dict(),
+        "optimizer": {},
+        "step": 0,
+        "config": dict(TINY_GPT),
+        "tokenizer": json.dumps(tokenizer.SimpleTokenizer("abcde").to_dict()),
+        "rng": {},
+        "data": {"epoch": 0, "batch_in_epoch": 0},
+    }
+    torch.save(ckpt | changes, path)
+
+
+def write_header(path, header) -> None:
+    """A .safetensors file whose JSON header is ``header`` and whose data is 16 zero bytes."""
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(16))
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def hf_folder_with(tmp_path, damage) -> str:
+    folder = tmp_path / "gpt2"
+    hf_gpt2_folder(folder, n_layer=1, n_embd=8, n_head=2, block_size=4)
+    damage(folder)
+    return str(folder)
+
+
+def bad_checkpoint(tmp_path, **changes) -> str:
+    path = tmp_path / "bad.pt"
+    write_checkpoint(path, **changes)
+    return str(path)
+
+
+BAD_FILES = {
+    "safetensors header is a JSON list": (
+        lambda tmp: hf_folder_with(tmp, lambda f: write_header(f / "model.safetensors", [1, 2])),
+        "model.safetensors",
+    ),
+    "tensor entry without dtype": (
+        lambda tmp: hf_folder_with(
+            tmp,
+            lambda f: write_header(
+                f / "model.safetensors", {"wte.weight": {"shape": [2], "data_offsets": [0, 8]}}
+            ),
+        ),
+        "model.safetensors",
+    ),
+    "shape that does not match the data": (
+        lambda tmp: hf_folder_with(
+            tmp,
+            lambda f: write_header(
+                f / "model.safetensors",
+                {"wte.weight": {"dtype": "F32", "shape": [3, 2], "data_offsets": [0, 16]}},
+            ),
+        ),
+        "model.safetensors",
+    ),
+    "vocab.json of the wrong type": (
+        lambda tmp: hf_folder_with(tmp, lambda f: (f / "vocab.json").write_text("[1, 2, 3]")),
+        "vocab.json",
+    ),
+    "tokenizer JSON of the wrong type": (
+        lambda tmp: bad_checkpoint(tmp, tokenizer="[1, 2, 3]"),
+        "bad.pt",
+    ),
+    "unknown config key": (
+        lambda tmp: bad_checkpoint(tmp, config=TINY_GPT | {"n_layers": 2}),
+        "bad.pt",
+    ),
+    "state dict that does not match the model": (
+        lambda tmp: bad_checkpoint(tmp, config=TINY_GPT | {"n_embd": 16}),
+        "bad.pt",
+    ),
+    "malicious pickle": (lambda tmp: bad_checkpoint(tmp, model=Evil()), "bad.pt"),
+    "random bytes": (
+        lambda tmp: (tmp / "bad.pt").write_bytes(b"\xff" * 64) and str(tmp / "bad.pt"),
+        "bad.pt",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_file_is_one_line_naming_it(tmp_path, capsys, case):
+    make, name = BAD_FILES[case]
+    path = make(tmp_path)
+    code = load("ch3.cli").main(["sample", "--checkpoint", path, "--max-new-tokens", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1, (case, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert name in err and "Traceback" not in err, err
+    assert "this ran while loading" not in out + err
+
+
+def test_a_text_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("café".encode("latin-1") * 100)
+    code = load("ch3.cli").main(["train", "--text", str(text), "--max-steps", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "latin1.txt: not a UTF-8 text file" in err, err
+
+
+def test_the_command_refuses_a_malicious_pickle_in_one_line(tmp_path):
+    """`python -m solutions.ch3 sample` on a pickle that would run code: one line, exit code 1.
+
+    exercises/ch3/cli.py is the same file (python -m grader.stubs --check), but its sample
+    command first meets the stub of pick_device and says "not started".
+    """
+    package = "solutions"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", f"{package}.ch3", "sample", "--checkpoint", str(path)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(path) in proc.stderr, proc.stderr
+    assert "refused" in proc.stderr and "this ran while loading" not in proc.stdout

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grader.tree import load
-from tests.helpers import check, check_equal, fail
+from tests.helpers import Mistake, check, check_equal, fail, fail_if_mistake
 
 data = load("ch3.data")
 
@@ -101,6 +101,15 @@ def test_train_and_validation_share_no_token_position():
     )
     train_pos, val_pos = positions(train), positions(val)
     shared = sorted(train_pos & val_pos)
+    if shared:
+        books_split = Mistake(
+            "windows cut from the whole token stream and then split (the book's way), so the "
+            "last training windows read validation tokens",
+            "split the token stream at int(len(ids) * train_split) first, then cut windows "
+            "inside each part",
+            book_train,
+        )
+        fail_if_mistake(train_pos, [books_split], "the training windows", WHERE)
     check(
         not shared,
         f"training and validation windows share {len(shared)} token positions (for example "

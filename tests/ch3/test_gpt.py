@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from grader.tree import load
-from tests.helpers import check, check_close, check_equal, check_raises, fail
+from tests.helpers import Mistake, check, check_close, check_equal, check_raises, fail
 
 gpt = load("ch3.gpt")
 
@@ -38,8 +38,13 @@ def randomize(model: torch.nn.Module, seed: int = 1) -> None:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
 
 
-def reference_forward(sd: dict[str, torch.Tensor], idx: torch.Tensor, n_head: int) -> torch.Tensor:
-    """GPT-2's forward pass written out with torch.nn.functional from a state dict."""
+def reference_forward(
+    sd: dict[str, torch.Tensor], idx: torch.Tensor, n_head: int, head: str = "transformer.wte"
+) -> torch.Tensor:
+    """GPT-2's forward pass written out with torch.nn.functional from a state dict.
+
+    The LM head is the token embedding (``head="lm_head"``: a separate matrix, the untied variant).
+    """
 
     def ln(x, prefix):
         return F.layer_norm(x, x.shape[-1:], sd[prefix + ".weight"], sd.get(prefix + ".bias"))
@@ -62,7 +67,7 @@ def reference_forward(sd: dict[str, torch.Tensor], idx: torch.Tensor, n_head: in
         m = F.gelu(linear(ln(x, f"{h}.ln_2"), f"{h}.mlp.c_fc"), approximate="tanh")
         x = x + linear(m, f"{h}.mlp.c_proj")
     x = ln(x, "transformer.ln_f")
-    return x @ sd["transformer.wte.weight"].T  # the LM head is the token embedding
+    return x @ sd[head + ".weight"].T
 
 
 def expected_keys(n_layer: int, bias: bool = True) -> set[str]:
@@ -198,16 +203,38 @@ def test_attention_matches_sdpa():
     B, T, C, nh = 2, 7, TINY["n_embd"], TINY["n_head"]
     x = torch.randn(B, T, C)
     q, k, v = F.linear(x, attn.c_attn.weight, attn.c_attn.bias).split(C, dim=2)
-    q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
-    expected = F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
+
+    def attend(q, k, v, *, transpose=True, is_causal=True):
+        if transpose:
+            q, k, v = (t.reshape(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+        else:  # straight to (B, nh, T, hs): positions and heads mixed up
+            q, k, v = (t.reshape(B, nh, T, C // nh) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # (B, nh, T, hs)
+        return F.linear(y.transpose(1, 2).reshape(B, T, C), attn.c_proj.weight, attn.c_proj.bias)
+
+    mistakes = [
+        Mistake(
+            "attention without the causal mask (every position sees the later ones)",
+            "pass is_causal=True, or fill the scores above the diagonal with -inf",
+            attend(q, k, v, is_causal=False),
+        ),
+        Mistake(
+            "heads split without a transpose (q, k, v viewed straight as (B, nh, T, hs), which "
+            "mixes positions and heads)",
+            "view them as (B, T, nh, hs), then .transpose(1, 2)",
+            attend(q, k, v, transpose=False),
+        ),
+    ]
     with torch.no_grad():
         check_close(
             attn(x),
-            expected,
-            "CausalSelfAttention output",
-            f"{ATTN} (q, k, v in that order from c_attn, heads of n_embd // n_head, causal mask, c_proj)",
+            attend(q, k, v),
+            "CausalSelfAttention's output",
+            ATTN,
             atol=1e-5,
+            mistakes=mistakes,
+            hint="q, k, v come from c_attn in that order, heads are n_embd // n_head wide, the "
+            "mask is causal, and c_proj mixes the heads",
         )
 
 
@@ -217,16 +244,25 @@ def test_mlp_matches_functional_with_gpt2_gelu():
     randomize(model)
     mlp = model.transformer.h[0].mlp
     x = 3 * torch.randn(2, 5, TINY["n_embd"])  # wide inputs, where the two GELUs differ most
-    hidden = F.gelu(F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh")
-    expected = F.linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias)
+
+    def mlp_with(approximate: str) -> torch.Tensor:
+        hidden = F.gelu(F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias), approximate=approximate)
+        return F.linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias)
+
+    exact_gelu = Mistake(
+        "an MLP with the exact GELU (nn.GELU()), not GPT-2's tanh approximation",
+        "use nn.GELU(approximate='tanh'): GPT-2's weights give GPT-2's logits only with its curve",
+        mlp_with("none"),
+    )
     with torch.no_grad():
         check_close(
             mlp(x),
-            expected,
-            "MLP output",
-            f"{WHERE}, MLP (c_fc -> GELU -> c_proj; GPT-2 uses nn.GELU(approximate='tanh'), "
-            "and the exact GELU differs from it by up to 5e-4)",
+            mlp_with("tanh"),
+            "MLP's output",
+            f"{WHERE}, MLP",
             atol=1e-5,
+            mistakes=[exact_gelu],
+            hint="it should be c_proj(gelu(c_fc(x))) with nn.GELU(approximate='tanh')",
         )
 
 
@@ -245,14 +281,22 @@ def test_forward_matches_reference():
                 f"model(idx, targets) failed on targets that contain -1 ({err}): positions whose "
                 f"target is -1 must be ignored (F.cross_entropy(..., ignore_index=-1)). Look at {FORWARD}."
             )
-        expected = reference_forward(model.state_dict(), idx, TINY["n_head"])
+        sd = model.state_dict()
+        expected = reference_forward(sd, idx, TINY["n_head"])
+        untied = Mistake(
+            "the output of an LM head that is not tied to the token embedding",
+            "make lm_head.weight the same Parameter as transformer.wte.weight",
+            reference_forward(sd, idx, TINY["n_head"], head="lm_head"),
+        )
     check_close(
         logits,
         expected,
-        "logits",
-        f"{FORWARD} and the blocks (pre-LN: x + attn(ln_1(x)), x + mlp(ln_2(x)); GELU with approximate='tanh' as GPT-2; final ln_f)",
+        "the logits",
+        f"{FORWARD} and the blocks",
         atol=1e-4,
         rtol=1e-4,
+        mistakes=[untied] if "lm_head.weight" in sd else [],
+        hint="pre-LN blocks x + attn(ln_1(x)), then x + mlp(ln_2(x)), then the final ln_f",
     )
     expected_loss = F.cross_entropy(
         expected.view(-1, TINY["vocab_size"]), targets.view(-1), ignore_index=-1
@@ -264,9 +308,10 @@ def test_forward_matches_reference():
     check_close(
         loss,
         expected_loss,
-        "loss (mean cross-entropy over positions whose target is not -1)",
+        "the loss",
         FORWARD,
         atol=1e-5,
+        hint="the mean cross-entropy over the positions whose target is not -1",
     )
     no_loss = model(idx)
     check(
@@ -301,8 +346,9 @@ def test_causality():
         prefix,
         logits[:, :6],
         "logits of the first 6 tokens run alone",
-        f"{FORWARD} (positions must start at 0)",
+        FORWARD,
         atol=1e-5,
+        hint="positions must start at 0",
     )
 
 
@@ -415,8 +461,9 @@ def test_from_hf_state_dict_round_trip(prefix):
             loaded(idx)[0],
             before,
             "logits after the source state dict changed",
-            "ch3/gpt.py, GPT.from_hf_state_dict (copy the weights)",
+            "ch3/gpt.py, GPT.from_hf_state_dict",
             atol=0,
+            hint="the model must own copies of the weights, not share the caller's tensors",
         )
     default_heads = gpt.GPT.from_hf_state_dict(to_hf(tiny(n_embd=128, n_head=2), prefix))
     check_equal(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from grader.tree import load
-from tests.helpers import check, check_equal, check_raises, fail
+from tests.helpers import Mistake, check, check_equal, check_raises, fail
 
 sampling = load("ch3.sampling")
 generate = sampling.generate
@@ -75,17 +75,18 @@ def draw(model, n: int = N, seed: int = 0, **kw) -> torch.Tensor:
     return torch.bincount(out[:, 1], minlength=model.config.vocab_size).double()
 
 
-def check_distribution(counts: torch.Tensor, probs: torch.Tensor, what: str, where: str = WHERE):
-    """Tokens of probability 0 never appear; the others pass a chi-square test at a level that a
-    correct sampler fails with probability far below one in a million."""
+def misfit(counts: torch.Tensor, probs: torch.Tensor) -> str | None:
+    """Why ``counts`` were not drawn from ``probs``, or None: tokens of probability 0 never
+    appear, and the others pass a chi-square test at a level that a correct sampler fails with
+    probability far below one in a million."""
     probs = probs.double()
     n = counts.sum()
     banned = (probs == 0) & (counts > 0)
     if banned.any():
         token = int(banned.nonzero()[0])
-        fail(
-            f"{what}: token {token} should never be sampled, but it came {int(counts[token])} "
-            f"times in {int(n)} draws. Look at {where}."
+        return (
+            f"token {token} should never be sampled, but it came {int(counts[token])} times in "
+            f"{int(n)} draws"
         )
     keep = probs > 0
     expected = probs[keep] * n
@@ -94,11 +95,32 @@ def check_distribution(counts: torch.Tensor, probs: torch.Tensor, what: str, whe
     bound = df + 8 * math.sqrt(2 * max(df, 1)) + 10
     if chi2 > bound:
         freq = (counts / n).tolist()
-        fail(
-            f"{what}: the sampled frequencies {[round(f, 3) for f in freq]} do not follow the "
-            f"expected probabilities {[round(p, 3) for p in probs.tolist()]} (chi-square "
-            f"{chi2:.0f} over the bound {bound:.0f}). Look at {where}."
+        return (
+            f"the sampled frequencies {[round(f, 3) for f in freq]} do not follow the expected "
+            f"probabilities {[round(p, 3) for p in probs.tolist()]} (chi-square {chi2:.0f} over "
+            f"the bound {bound:.0f})"
         )
+    return None
+
+
+def check_distribution(
+    counts: torch.Tensor,
+    probs: torch.Tensor,
+    what: str,
+    where: str = WHERE,
+    mistakes: tuple[Mistake, ...] = (),
+) -> None:
+    """``counts`` were drawn from ``probs``, or a failure that names the mistake they fit."""
+    problem = misfit(counts, probs)
+    if problem is None:
+        return
+    for mistake in mistakes:
+        if misfit(counts, mistake.value) is None:
+            fail(
+                f"{what}: the sampled tokens came out as {mistake.name}: {mistake.fix}. "
+                f"Look at {where}."
+            )
+    fail(f"{what}: {problem}. Look at {where}.")
 
 
 LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.3, 0.0, -0.5, -1.0, -2.0])
@@ -139,18 +161,44 @@ def test_top_p_keeps_the_smallest_nucleus():
     )
 
 
+def filtered_probs(logits: torch.Tensor, top_k: int, top_p: float, order: str) -> torch.Tensor:
+    """The sampling distribution after top-k and top-p applied in ``order`` ("kp" or "pk")."""
+    logits = logits.clone()
+    for step in order:
+        if step == "k":
+            logits[logits < logits.topk(top_k).values[-1]] = -math.inf
+        else:
+            sorted_logits, sorted_ids = logits.sort(descending=True)
+            probs = sorted_logits.softmax(-1)
+            before = probs.cumsum(0) - probs  # mass of the more likely tokens
+            logits[sorted_ids[before >= top_p]] = -math.inf
+    return logits.softmax(-1)
+
+
 def test_temperature_then_top_k_then_top_p():
     """Temperature, then top-k, then top-p on what is left (the documented order)."""
     logits = torch.tensor([1.0, 0.2, 2.2, -0.3, 1.6, 0.7, -1.5])
-    scaled = logits / 0.7
-    top4 = scaled.topk(4).indices
-    p4 = torch.softmax(scaled[top4], -1)  # sorted decreasing, as topk returns them
-    before = p4.cumsum(0) - p4
-    kept = top4[before < 0.8]
-    want = torch.zeros(7)
-    want[kept] = torch.softmax(scaled[kept], -1)
-    counts = draw(FixedLogits(logits), temperature=0.7, top_k=4, top_p=0.8)
-    check_distribution(counts, want, "with temperature=0.7, top_k=4, top_p=0.8")
+    t, k, p = 2.0, 4, 0.7  # each wrong order below keeps a different set of tokens
+    mistakes = (
+        Mistake(
+            "top-p applied before top-k",
+            "apply the temperature, then top-k, then top-p to the probabilities of the tokens "
+            "top-k kept",
+            filtered_probs(logits / t, k, p, "pk"),
+        ),
+        Mistake(
+            "the temperature applied after top-k and top-p",
+            "divide the logits by the temperature first, then filter",
+            filtered_probs(logits, k, p, "kp").log().div(t).softmax(-1),
+        ),
+    )
+    counts = draw(FixedLogits(logits), temperature=t, top_k=k, top_p=p)
+    check_distribution(
+        counts,
+        filtered_probs(logits / t, k, p, "kp"),
+        f"with temperature={t}, top_k={k}, top_p={p}",
+        mistakes=mistakes,
+    )
 
 
 def test_filter_logits_masks_with_minus_infinity():

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from grader.tree import load
-from tests.helpers import check, check_close, check_equal, fail
+from tests.helpers import Mistake, check, check_close, check_equal, fail, fail_if_mistake
 
 trainer_mod = load("ch3.trainer")
 GPTTrainer = trainer_mod.GPTTrainer
@@ -137,6 +137,15 @@ def test_get_lr_is_linear_warmup_then_cosine_to_the_floor():
     for step in (0, 1, 5, 9, 10, 11, 30, 55, 99, 100, 150):
         want = expected_lr(step, 6e-4, 10, 100, 6e-5)
         got = trainer.get_lr(step)
+        if step < 10 and not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
+            from_zero = Mistake(
+                "a warm-up that starts at 0 (learning_rate * step / warmup_steps)",
+                "use (step + 1) / warmup_steps, so that step 0 already learns",
+                pytest.approx(6e-4 * step / 10, rel=1e-9, abs=1e-12),
+            )
+            fail_if_mistake(
+                got, [from_zero], f"get_lr({step})", "ch3/trainer.py, GPTTrainer.get_lr"
+            )
         check(
             math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12),
             f"get_lr({step}) should be {want:.6g} (warm-up lr*(step+1)/warmup_steps for step < "
@@ -154,10 +163,22 @@ def test_get_lr_is_linear_warmup_then_cosine_to_the_floor():
 def test_optimizer_uses_the_scheduled_lr_at_every_step():
     """The optimizer's lr equals get_lr(step) at every step (the book's warm-up never applied it)."""
     trainer = make(learning_rate=1e-2, warmup_steps=4, max_steps=12, grad_clip=None)
+    never_set = Mistake(
+        "learning_rate at every step: the schedule is never written into the optimizer",
+        "set group['lr'] = self.get_lr(self.step) in every param_group before optimizer.step()",
+        pytest.approx(1e-2, rel=1e-12),
+    )
     for step in range(12):
         trainer.train_step()
         for group in trainer.optimizer.param_groups:
             got, want = group["lr"], trainer.get_lr(step)
+            if not math.isclose(got, want, rel_tol=1e-12):
+                fail_if_mistake(
+                    got,
+                    [never_set],
+                    f"the optimizer's lr at step {step}",
+                    "ch3/trainer.py, GPTTrainer.train_step",
+                )
             check(
                 math.isclose(got, want, rel_tol=1e-12),
                 f"at step {step} the optimizer's lr is {got:.6g} but get_lr({step}) is "

@@ -1,0 +1,264 @@
+"""Broken copies of the reference, one likely mistake each, run through their stage's tests.
+
+Each must fail in its own stage, and the first failure (the one the grader shows) must be a
+one-line message that names the mistake (the stage tests compute these variants with
+``tests.helpers.Mistake``), not only list numbers. A copy is the reference with a few exact text
+edits: when the reference changes so that an edit no longer applies, this test says which one to
+update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from grader import manifest
+from grader.tree import REPO_ROOT
+
+
+@dataclass(frozen=True)
+class Broken:
+    """The reference with ``edits`` (old text, new text, how many times old occurs) in ``file``."""
+
+    name: str
+    stage: str  # "ch2.attention"
+    file: str  # tree-relative
+    edits: tuple[tuple[str, str, int], ...]
+    words: str  # what the stage's message must say
+
+
+# filter_logits's top-k block, moved after its top-p block by one broken copy
+TOP_K = """\
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits[logits < kth] = -math.inf
+"""
+RETURN = "    return logits\n    # END SOLUTION"
+
+BROKEN = (
+    Broken(
+        "no_scale",
+        "ch2.attention",
+        "ch2/attention.py",
+        (("q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))", "q @ k.transpose(-2, -1)", 1),),
+        "came out as softmax(QK^T) without the 1/sqrt(d_k) scale",
+    ),
+    Broken(
+        "softmax_over_queries",
+        "ch2.attention",
+        "ch2/attention.py",
+        (("torch.softmax(scores, dim=-1)", "torch.softmax(scores, dim=-2)", 1),),
+        "came out as a softmax over the queries (dim=-2)",
+    ),
+    Broken(
+        "inverted_mask",
+        "ch2.attention",
+        "ch2/attention.py",
+        (("masked_fill(~mask,", "masked_fill(mask,", 2),),
+        "came out as attention with the mask inverted",
+    ),
+    Broken(
+        "heads_split_without_transpose",
+        "ch2.attention",
+        "ch2/attention.py",
+        (
+            (".view(B, T_q, h, hs).transpose(1, 2)", ".view(B, h, T_q, hs)", 1),
+            (".view(B, T_k, h, hs).transpose(1, 2)", ".view(B, h, T_k, hs)", 2),
+        ),
+        "came out as heads split without a transpose",
+    ),
+    Broken(
+        "heads_merged_without_transpose",
+        "ch2.attention",
+        "ch2/attention.py",
+        (("out.transpose(1, 2).reshape(B, T_q", "out.reshape(B, T_q", 1),),
+        "came out as heads put back without a transpose",
+    ),
+    Broken(
+        "dropout_in_eval",
+        "ch2.attention",
+        "ch2/attention.py",
+        (("self.dropout if self.training else 0.0", "self.dropout", 1),),
+        "dropout must be off in eval",
+    ),
+    Broken(
+        "layernorm_unbiased_variance",
+        "ch2.block",
+        "ch2/block.py",
+        (("x.var(dim=-1, keepdim=True, unbiased=False)", "x.var(dim=-1, keepdim=True)", 1),),
+        "came out as LayerNorm with the unbiased variance",
+    ),
+    Broken(
+        "pre_and_post_ln_swapped",
+        "ch2.block",
+        "ch2/block.py",
+        (("if self.norm_first:", "if not self.norm_first:", 2),),
+        "came out as the pre-LN block",
+    ),
+    Broken(
+        "decoder_without_causal_mask",
+        "ch2.transformer",
+        "ch2/transformer.py",
+        (("causal_mask(T, tgt.device) & padding_mask(", "padding_mask(", 1),),
+        "came out as a decoder whose self-attention has no causal mask",
+    ),
+    Broken(
+        "gpt_attention_without_causal_mask",
+        "ch3.gpt",
+        "ch3/gpt.py",
+        (("is_causal=True", "is_causal=False", 1),),
+        "came out as attention without the causal mask",
+    ),
+    Broken(
+        "gpt_heads_split_without_transpose",
+        "ch3.gpt",
+        "ch3/gpt.py",
+        (  # reshape: .view of c_attn's split fails loudly, a mistake nobody misses
+            (".view(B, T, self.n_head, hs).transpose(1, 2)", ".reshape(B, self.n_head, T, hs)", 3),
+        ),
+        "came out as heads split without a transpose",
+    ),
+    Broken(
+        "exact_gelu",
+        "ch3.gpt",
+        "ch3/gpt.py",
+        (('self.gelu = nn.GELU(approximate="tanh")', "self.gelu = nn.GELU()", 1),),
+        "came out as an MLP with the exact GELU",
+    ),
+    Broken(
+        "lm_head_not_tied",
+        "ch3.gpt",
+        "ch3/gpt.py",
+        (("self.lm_head.weight = self.transformer.wte.weight\n", "\n", 1),),
+        "lm_head.weight should be the same Parameter as transformer.wte.weight",
+    ),
+    Broken(
+        "windows_cut_before_the_split",
+        "ch3.data",
+        "ch3/data.py",
+        (
+            (
+                "    train = TokenWindowDataset(ids[:k], block_size)\n",
+                "    everything = TokenWindowDataset(ids, block_size)\n"
+                "    train = torch.utils.data.Subset(everything, range(int(len(everything) * 0.9)))\n",
+                1,
+            ),
+        ),
+        "came out as windows cut from the whole token stream and then split",
+    ),
+    Broken(
+        "warmup_from_zero",
+        "ch3.trainer",
+        "ch3/trainer.py",
+        (
+            (
+                "self.learning_rate * (step + 1) / self.warmup_steps",
+                "self.learning_rate * step / self.warmup_steps",
+                1,
+            ),
+        ),
+        "came out as a warm-up that starts at 0",
+    ),
+    Broken(
+        "lr_never_set",
+        "ch3.trainer",
+        "ch3/trainer.py",
+        (('            group["lr"] = lr\n', "            pass\n", 1),),
+        "the schedule is never written into the optimizer",
+    ),
+    Broken(
+        "top_p_before_top_k",
+        "ch3.sampling",
+        "ch3/sampling.py",
+        ((TOP_K, "", 1), (RETURN, TOP_K + RETURN, 1)),
+        "came out as top-p applied before top-k",
+    ),
+    Broken(
+        "temperature_after_filtering",
+        "ch3.sampling",
+        "ch3/sampling.py",
+        (
+            (
+                "filter_logits(logits / temperature, top_k, top_p)",
+                "filter_logits(logits, top_k, top_p) / temperature",
+                1,
+            ),
+        ),
+        "came out as the temperature applied after top-k and top-p",
+    ),
+)
+
+
+def make_copy(root: Path, broken: Broken) -> Path:
+    """A copy of solutions/ with ``broken``'s edits, or a failure naming the edit that is stale."""
+    tree = root / broken.name
+    shutil.copytree(REPO_ROOT / "solutions", tree, ignore=shutil.ignore_patterns("__pycache__"))
+    path = tree / broken.file
+    text = path.read_text(encoding="utf-8")
+    for old, new, count in broken.edits:
+        found = text.count(old)
+        assert found == count, (
+            f"broken copy {broken.name!r}: {old!r} occurs {found} times in solutions/"
+            f"{broken.file}, not {count}; update this edit to the reference"
+        )
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return tree
+
+
+def first_failures(jobs: list[dict[str, str]], folder: Path) -> dict[str, dict | None]:
+    """Each job's first failure, from one subprocess (see tests/meta/first_failure.py)."""
+    jobs_file, results_file = folder / "jobs.json", folder / "results.json"
+    jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.meta.first_failure", str(jobs_file), str(results_file)],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(results_file.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> dict[str, dict | None]:
+    """The first failure of each broken copy's stage: ch2's copies and ch3's in two processes."""
+    root = tmp_path_factory.mktemp("broken")
+    jobs: dict[str, list[dict[str, str]]] = {"ch2": [], "ch3": []}
+    for broken in BROKEN:
+        chapter, stage = broken.stage.split(".")
+        tests = manifest.CHAPTERS[chapter].stage(stage).tests
+        tree = make_copy(root, broken)
+        jobs[chapter].append({"name": broken.name, "tests": tests, "tree": str(tree)})
+    folders = [root / chapter for chapter in jobs]
+    for folder in folders:
+        folder.mkdir()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        found: dict[str, dict | None] = {}
+        for results in pool.map(first_failures, jobs.values(), folders):
+            found |= results
+        return found
+
+
+@pytest.mark.parametrize("broken", BROKEN, ids=lambda b: b.name)
+def test_broken_copy_fails_its_stage_naming_the_mistake(graded, broken):
+    failure = graded[broken.name]
+    assert failure is not None, f"{broken.name} passes every test of {broken.stage}"
+    assert failure["type"] == "LearnerFailure", f"{broken.name}: {failure}"
+    assert broken.words in failure["message"], f"{broken.name}: {failure['message']}"
+    assert "\n" not in failure["message"], failure["message"]
+
+
+def test_every_broken_copy_has_its_own_name():
+    names = [broken.name for broken in BROKEN]
+    assert len(set(names)) == len(names)
