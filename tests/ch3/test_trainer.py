@@ -144,8 +144,8 @@ def test_get_lr_is_linear_warmup_then_cosine_to_the_floor():
             f"ch3/trainer.py, GPTTrainer.get_lr.",
         )
     check_close(
-        torch.tensor(make().min_lr),
-        torch.tensor(make().learning_rate / 10),
+        torch.tensor(make().config.min_lr),
+        torch.tensor(make().config.learning_rate / 10),
         "the default min_lr",
         "ch3/trainer.py, GPTTrainer.__init__",
     )
