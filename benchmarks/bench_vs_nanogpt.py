@@ -41,17 +41,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, BLOCK = 12, 64
 NANOGPT_ARGS = [
-    "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
-    f"--block_size={BLOCK}", f"--batch_size={BATCH}", "--n_layer=4", "--n_head=4",
-    "--n_embd=128", "--lr_decay_iters=2000", "--dropout=0.0", "--always_save_checkpoint=False",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    f"--block_size={BLOCK}",
+    f"--batch_size={BATCH}",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+    "--always_save_checkpoint=False",
 ]  # fmt: skip  (nanoGPT's README, "I only have a macbook": the CPU run)
 EVAL_INTERVAL = 250  # nanoGPT's config/train_shakespeare_char.py
 
 
 def uptime() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__() if Path(
-        "/proc/loadavg"
-    ).exists() else "n/a"
+    return (
+        Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+        if Path("/proc/loadavg").exists()
+        else "n/a"
+    )
 
 
 def thread_env(threads: str) -> dict[str, str]:
@@ -84,7 +95,8 @@ def run_nanogpt(peer: Path, work: Path, iters: int, threads: str) -> dict[str, f
     if out.returncode != 0:
         sys.exit(f"nanoGPT failed:\n{out.stderr[-2000:]}")
     times = {
-        int(m[1]): float(m[2]) for m in re.finditer(r"iter (\d+): loss \S+, time ([\d.]+)ms", out.stdout)
+        int(m[1]): float(m[2])
+        for m in re.finditer(r"iter (\d+): loss \S+, time ([\d.]+)ms", out.stdout)
     }
     vals = re.findall(r"step (\d+): train loss \S+, val loss ([\d.]+)", out.stdout)
     steady = [t for i, t in times.items() if i >= 5 and i % EVAL_INTERVAL != 0]
@@ -200,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"wall nanoGPT {peer['wall_s']:.0f} s, ours {ours['wall_s']:.0f} s",
                 flush=True,
             )
-    print("ratio (ours / nanoGPT tokens/s): " + ", ".join(f"threads={t}: {r:.2f}x" for t, r in ratios))
+    print(
+        "ratio (ours / nanoGPT tokens/s): " + ", ".join(f"threads={t}: {r:.2f}x" for t, r in ratios)
+    )
     return 0
 
 
