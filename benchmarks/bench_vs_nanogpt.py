@@ -17,7 +17,7 @@ that the machine's load hits both alike:
    ``--threads`` ("default" is each side's own default: torch's for nanoGPT, the command line's
    ``--threads`` default for ours). ms/iteration is the median over iterations (evaluation
    iterations and the first 5 left out), tokens/s = 12 * 64 / that.
-2. quality: both for ``--full-iters`` iterations, at the default threads; nanoGPT's validation
+2. quality: both for ``--full-iters`` iterations, at the first thread setting; nanoGPT's validation
    loss is its own ``estimate_loss`` at the last iteration (20 random batches, as in its README's
    CPU command), ours is the mean loss over every non-overlapping window of the validation text.
 
@@ -58,11 +58,9 @@ EVAL_INTERVAL = 250  # nanoGPT's config/train_shakespeare_char.py
 
 
 def uptime() -> str:
-    return (
-        Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
-        if Path("/proc/loadavg").exists()
-        else "n/a"
-    )
+    """The load averages over 1, 5 and 15 minutes (how busy the machine was)."""
+    loadavg = Path("/proc/loadavg")
+    return " ".join(loadavg.read_text().split()[:3]) if loadavg.exists() else "n/a"
 
 
 def thread_env(threads: str) -> dict[str, str]:
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="tinyshakespeare input.txt")
     parser.add_argument("--speed-iters", type=int, default=300)
     parser.add_argument("--full-iters", type=int, default=2000, help="0: skip the quality run")
-    parser.add_argument("--threads", default="default,1", help="comma-separated settings")
+    parser.add_argument("--threads", default="1,default", help="comma-separated settings")
     parser.add_argument("--compile", action="store_true", help="ours with torch.compile")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -202,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if args.full_iters:
-            peer = run_nanogpt(args.nanogpt, work, args.full_iters, "default")
-            ours = run_ours(args.data, args.full_iters, "default", args.compile)
+            threads = args.threads.split(",")[0]
+            peer = run_nanogpt(args.nanogpt, work, args.full_iters, threads)
+            ours = run_ours(args.data, args.full_iters, threads, args.compile)
             print(
-                f"quality, {args.full_iters} iterations, default threads, load {uptime()}: "
+                f"quality, {args.full_iters} iterations, threads={threads}, load {uptime()}: "
                 f"validation loss nanoGPT {peer['val_loss']:.4f}, ours "
                 f"{ours.get('val_loss', float('nan')):.4f}; ms/iteration nanoGPT "
                 f"{peer['ms']:.1f}, ours {ours['ms']:.1f} ({peer['ms'] / ours['ms']:.2f}x); "
