@@ -129,10 +129,11 @@ def merge_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     Occurrences never overlap: ``merge_ids([5, 5, 5], (5, 5), 9) == [9, 5]``.
     """
     # BEGIN SOLUTION
+    a, b = pair
     out: list[int] = []
-    i = 0
-    while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+    i, n = 0, len(ids)
+    while i < n:
+        if ids[i] == a and i + 1 < n and ids[i + 1] == b:
             out.append(new_id)
             i += 2
         else:
@@ -373,7 +374,8 @@ class BPETokenizer:
         chunk_counts: Counter[str] = Counter()
         for piece in _split_special(text, _compile_specials(special_tokens)):
             if piece not in special_tokens:
-                chunk_counts.update(_pretokenize(piece, split))
+                fast = pattern == GPT2_PATTERN and piece.isascii()
+                chunk_counts.update(_pretokenize(piece, _GPT2_ASCII if fast else split))
         words = {tuple(chunk.encode("utf-8")): c for chunk, c in chunk_counts.items()}
         merges = learn_merges(words, num_merges, first_id=256)
         first_special = 256 + len(merges)
@@ -394,9 +396,10 @@ class BPETokenizer:
         # BEGIN SOLUTION
         ranks = self._ranks
         while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:], strict=False), key=lambda p: ranks.get(p, len(ranks)))
-            if pair not in ranks:
+            ranked = [p for p in zip(ids, ids[1:], strict=False) if p in ranks]
+            if not ranked:
                 break
+            pair = min(ranked, key=ranks.__getitem__)  # the earliest merge learned
             ids = merge_ids(ids, pair, self.merges[pair])
         # END SOLUTION
         return ids
