@@ -124,6 +124,19 @@ def run_ours(data: Path, iters: int, threads: str, compile: bool) -> dict[str, f
     return result
 
 
+def matmul_peak(n: int = 1024, repeat: int = 20) -> float:
+    """This process's fp32 matmul rate in GFLOP/s (best of ``repeat`` n x n products)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def worker(data: Path, iters: int, threads: int | None, compile: bool) -> None:
     """One run of ours, in this process: nanoGPT's settings through the solutions' API."""
     import torch
@@ -154,6 +167,12 @@ def worker(data: Path, iters: int, threads: int | None, compile: bool) -> None:
         times.append(1000 * (time.perf_counter() - start))
     steady = [t for i, t in enumerate(times) if i >= 5 and i % EVAL_INTERVAL != 0]
     result = {"ms": statistics.median(steady), "first_step_ms": times[0]}
+    # Model FLOPs per iteration, as nanoGPT's estimate_mfu counts them: 6 per parameter per token
+    # (forward 2, backward 4; the position table left out) plus attention's 12 * L * H * hs * T.
+    n = model.num_parameters(non_embedding=True)
+    flops = (6 * n + 12 * 4 * 4 * 32 * BLOCK) * BATCH * BLOCK
+    result["gflops"] = flops / result["ms"] / 1e6
+    result["peak_gflops"] = matmul_peak()
     if iters >= 2000:
         result["val_loss"] = trainer.evaluate()
     print(json.dumps(result))
@@ -196,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"speed, threads={threads}, {args.speed_iters} iterations, load {uptime()}: "
                 f"nanoGPT {peer1['ms']:.1f} / ours {ours['ms']:.1f} / nanoGPT {peer2['ms']:.1f} "
                 f"ms/iteration = {BATCH * BLOCK / peer_ms * 1000:,.0f} vs "
-                f"{BATCH * BLOCK / ours['ms'] * 1000:,.0f} tokens/s: ours {ratio:.2f}x",
+                f"{BATCH * BLOCK / ours['ms'] * 1000:,.0f} tokens/s: ours {ratio:.2f}x; ours "
+                f"{ours['gflops']:.1f} GFLOP/s of a measured {ours['peak_gflops']:.1f} peak "
+                f"(MFU {ours['gflops'] / ours['peak_gflops']:.0%})",
                 flush=True,
             )
         if args.full_iters:
