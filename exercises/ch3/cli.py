@@ -225,7 +225,7 @@ def train(args: argparse.Namespace) -> int:
     print(
         f"training a {model.num_parameters():,}-parameter GPT ({args.config}) on {source}: "
         f"{len(text):,} characters, {args.tokenizer} tokenizer of {tokenizer.vocab_size} tokens, "
-        f"on {device}" + (f" with {args.threads} threads" if device.type == "cpu" else "")
+        f"on {device}" + (f" with {args.threads} thread(s)" if device.type == "cpu" else "")
     )
     settings = TrainConfig(
         learning_rate=args.learning_rate,
