@@ -413,7 +413,7 @@ for temperature in (0.0, 0.8, 1.5):
 
 with tempfile.TemporaryDirectory() as folder:
     trainer.save_checkpoint(folder)
-    ckpt = trainer_mod.load_checkpoint(folder)
+    ckpt = trainer_mod.read_checkpoint(folder)
     fresh = gpt.GPT(gpt.GPTConfig(**ckpt["config"]))
     fresh.load_state_dict(ckpt["model"])
 print("reloaded model, same text:", sample(fresh, 1, top_p=0.9) == sample(model, 1, top_p=0.9))""",

@@ -19,14 +19,6 @@ import torch
 from torch import nn
 
 
-def _check_arguments(idx, max_new_tokens, temperature, top_k, top_p) -> None:
-    """Raise ValueError naming the first argument of :func:`generate` that is out of range."""
-    # TODO: write this part yourself.
-    raise NotImplementedError(
-        "ch3 stage 'sampling' not started: implement _check_arguments in ch3/sampling.py (read docs/chapter03/3_7_sampling.md)"
-    )
-
-
 def filter_logits(
     logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
@@ -41,6 +33,26 @@ def filter_logits(
     # TODO: write this part yourself.
     raise NotImplementedError(
         "ch3 stage 'sampling' not started: implement filter_logits in ch3/sampling.py (read docs/chapter03/3_7_sampling.md#top-k-and-top-p-filter_logits)"
+    )
+
+
+def check_generate_arguments(
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    """Raise ValueError naming the first argument of :func:`generate` that is out of range.
+
+    In this order: ``idx`` must be a 2-D (B, T) tensor, of integer dtype (int64 or int32), with
+    T >= 1; ``max_new_tokens`` an int >= 0; ``temperature`` a finite number >= 0; ``top_k`` None
+    or an int >= 1; ``top_p`` None or a number in (0, 1]. The message says which argument, what
+    it must be and what it got. :func:`generate` calls it before anything else.
+    """
+    # TODO: write this part yourself.
+    raise NotImplementedError(
+        "ch3 stage 'sampling' not started: implement check_generate_arguments in ch3/sampling.py (read docs/chapter03/3_7_sampling.md)"
     )
 
 
@@ -90,7 +102,7 @@ def generate(
         ValueError: for a malformed ``idx`` or an argument out of range (temperature < 0,
             top_k < 1, top_p outside (0, 1], max_new_tokens < 0).
     """
-    _check_arguments(idx, max_new_tokens, temperature, top_k, top_p)
+    check_generate_arguments(idx, max_new_tokens, temperature, top_k, top_p)
     block_size = _block_size(model)
     was_training = model.training
     model.eval()

@@ -80,7 +80,7 @@ def sample(model, tokenizer, prompt: str, seed: int, n: int, temperature: float 
 def reload(path):
     """``(model, tokenizer)`` from a checkpoint, with nothing but the checkpoint."""
     gpt_mod, tok_mod = load("ch3.gpt"), load("ch3.tokenizer")
-    ckpt = load("ch3.trainer").load_checkpoint(path)
+    ckpt = load("ch3.trainer").read_checkpoint(path)
     model = gpt_mod.GPT(gpt_mod.GPTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     tokenizer = tok_mod.tokenizer_from_dict(json.loads(ckpt["tokenizer"]))

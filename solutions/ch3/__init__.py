@@ -19,6 +19,7 @@ _EXPORTS = {
     "GPTConfig": "gpt",
     "create_dataloaders": "data",
     "GPTTrainer": "trainer",
+    "TrainConfig": "trainer",
     "generate": "sampling",
 }
 

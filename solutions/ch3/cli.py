@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,40 +35,64 @@ CONFIGS: dict[str, dict[str, int]] = {
 HF_FILES = ("model.safetensors", "vocab.json", "merges.txt")
 
 
+def default_threads() -> int:
+    """The CPU threads torch uses here: ``OMP_NUM_THREADS`` if set, else half the cores (at least 1).
+
+    torch's own default, every core, is the fastest on an idle machine but collapses as soon as
+    another program is busy: its threads wait for each other at every operation, and one of them
+    is always waiting for a core (on 2 cores with one busy, 10x slower; benchmarks/README.md).
+    Half the cores loses little when the machine is idle and nothing when it is not.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+THREADS_HELP = "CPU threads (OMP_NUM_THREADS if set, else half the cores)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__}", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    shows_defaults = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 
-    train = sub.add_parser("train", help="train a GPT on a text file (or the built-in corpus)")
+    train = sub.add_parser(
+        "train", help="train a GPT on a text file (or the built-in corpus)", **shows_defaults
+    )
     train.add_argument("--text", type=Path, help="UTF-8 text file (default: the built-in corpus)")
-    train.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
+    train.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="kind")
     train.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
-    train.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    train.add_argument("--config", choices=sorted(CONFIGS), default="small", help="model shape")
     train.add_argument("--block-size", type=int, help="override the config's context length")
-    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
     train.add_argument("--out", type=Path, default=Path("out/ch3"), help="checkpoint folder")
-    train.add_argument("--max-steps", type=int, default=1000)
-    train.add_argument("--warmup-steps", type=int, help="default: max_steps // 10")
-    train.add_argument("--batch-size", type=int, default=12)
-    train.add_argument("--grad-accum-steps", type=int, default=1)
-    train.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
-    train.add_argument("--eval-interval", type=int, default=200)
-    train.add_argument("--device", help="cuda, mps or cpu (default: the best present)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
+    train.add_argument("--warmup-steps", type=int, help="None means max_steps // 10")
+    train.add_argument("--batch-size", type=int, default=12, help="sequences per micro-batch")
+    train.add_argument("--grad-accum-steps", type=int, default=1, help="micro-batches per step")
+    train.add_argument("--learning-rate", "--lr", type=float, default=1e-3, help="peak lr")
+    train.add_argument("--eval-interval", type=int, default=200, help="evaluate and save every")
+    train.add_argument("--device", help="cuda, mps or cpu; None means the best present")
+    train.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
+    train.add_argument("--compile", action="store_true", help="torch.compile (slow to start)")
+    train.add_argument("--seed", type=int, default=0, help="seeds the model and the data order")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sample = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 folder")
+    sample = sub.add_parser(
+        "sample", help="generate text from a checkpoint or a GPT-2 folder", **shows_defaults
+    )
     sample.add_argument("--checkpoint", type=Path, required=True, help="folder or .pt file")
-    sample.add_argument("--prompt", default="\n")
-    sample.add_argument("--max-new-tokens", type=int, default=200)
-    sample.add_argument("--temperature", type=float, default=0.8)
-    sample.add_argument("--top-k", type=int)
-    sample.add_argument("--top-p", type=float)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device")
+    sample.add_argument("--prompt", default="\n", help="the text to continue")
+    sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    sample.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    sample.add_argument("--top-p", type=float, help="keep the nucleus of this probability")
+    sample.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    sample.add_argument("--device", help="cuda, mps or cpu; None means the best present")
+    sample.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
     return parser
 
 
@@ -100,7 +126,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     """
     from .gpt import GPT, GPTConfig
     from .tokenizer import load_gpt2_files, tokenizer_from_dict
-    from .trainer import CheckpointError, load_checkpoint
+    from .trainer import CheckpointError, read_checkpoint
 
     path = Path(path)
     if path.is_dir() and all((path / name).is_file() for name in HF_FILES):
@@ -111,7 +137,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         with naming(path / "vocab.json", "not GPT-2's vocab.json and merges.txt"):
             tokenizer = load_gpt2_files(path / "vocab.json", path / "merges.txt")
     else:
-        ckpt = load_checkpoint(path)
+        ckpt = read_checkpoint(path)
         if ckpt["config"] is None or ckpt["tokenizer"] is None:
             raise CheckpointError(f"{path} has no model config or no tokenizer to sample with")
         file = path / "checkpoint.pt" if path.is_dir() else path
@@ -151,10 +177,54 @@ def sample_text(
     return tokenizer.decode(out[0, idx.size(1) :].tolist())
 
 
+class ProgressBar:
+    """:meth:`GPTTrainer.train`'s callback: a bar with the loss, the learning rate, tokens/s and
+    the last validation loss. Use it as a context manager (it owns the terminal meanwhile)."""
+
+    def __init__(self, start: int, total: int, tokens_per_step: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.tokens_per_step = tokens_per_step
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, status="")
+        self.steps, self.started = 0, time.perf_counter()
+
+    def __enter__(self) -> ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, trainer: Any, record: dict[str, float]) -> None:
+        self.steps += 1
+        rate = self.steps * self.tokens_per_step / max(time.perf_counter() - self.started, 1e-9)
+        status = f"loss {record['loss']:.3f}  lr {record['lr']:.2e}  {rate:,.0f} tok/s"
+        if trainer.history["val"]:
+            status += f"  val {trainer.history['val'][-1]['loss']:.3f}"
+        self.progress.update(self.task, completed=trainer.step, status=status)
+
+
 def train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from .data import create_dataloaders
     from .gpt import GPT, GPTConfig
-    from .trainer import GPTTrainer, pick_device
+    from .trainer import GPTTrainer, TrainConfig, pick_device
+
+    torch.set_num_threads(args.threads)
 
     if args.text is None:
         text, source = corpus.generate_corpus(), "the built-in corpus"
@@ -175,12 +245,9 @@ def train(args: argparse.Namespace) -> int:
     print(
         f"training a {model.num_parameters():,}-parameter GPT ({args.config}) on {source}: "
         f"{len(text):,} characters, {args.tokenizer} tokenizer of {tokenizer.vocab_size} tokens, "
-        f"on {device}"
+        f"on {device}" + (f" with {args.threads} thread(s)" if device.type == "cpu" else "")
     )
-    trainer = GPTTrainer(
-        model,
-        train_loader,
-        val_loader,
+    settings = TrainConfig(
         learning_rate=args.learning_rate,
         warmup_steps=args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps,
         max_steps=args.max_steps,
@@ -189,15 +256,18 @@ def train(args: argparse.Namespace) -> int:
         device=device,
         checkpoint_path=args.out,
         checkpoint_interval=args.eval_interval,
-        tokenizer=tokenizer,
         seed=args.seed,
-        quiet=args.quiet,
+        compile=args.compile,
     )
+    trainer = GPTTrainer(model, train_loader, val_loader, settings, tokenizer=tokenizer, quiet=True)
     if args.resume:
         with naming(args.out, "its training state does not fit this run"):
             trainer.load_checkpoint(args.out)
         print(f"resumed from {args.out} at step {trainer.step}")
-    history = trainer.train()
+    tokens_per_step = args.batch_size * config.block_size * args.grad_accum_steps
+    bar = None if args.quiet else ProgressBar(trainer.step, args.max_steps, tokens_per_step)
+    with bar or nullcontext():
+        history = trainer.train(callback=bar)
     if history["val"]:
         print(f"step {trainer.step}: validation loss {history['val'][-1]['loss']:.4f}")
     print(f"checkpoint: {args.out / 'checkpoint.pt'}")
@@ -209,6 +279,7 @@ def train(args: argparse.Namespace) -> int:
 def sample(args: argparse.Namespace) -> int:
     from .trainer import pick_device
 
+    torch.set_num_threads(args.threads)
     model, tokenizer = load_trained(args.checkpoint, pick_device(args.device))
     text = sample_text(
         model,

@@ -19,32 +19,6 @@ import torch
 from torch import nn
 
 
-def _check_arguments(idx, max_new_tokens, temperature, top_k, top_p) -> None:
-    """Raise ValueError naming the first argument of :func:`generate` that is out of range."""
-    # BEGIN SOLUTION
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(
-            f"idx must be a (B, T) tensor of token ids (use idx[None] for one), got {shape}"
-        )
-    if idx.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
-    if idx.shape[1] == 0:
-        raise ValueError("idx must hold at least one token of context per row, got T = 0")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if (
-        not (isinstance(temperature, (int, float)) and math.isfinite(temperature))
-        or temperature < 0
-    ):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    # END SOLUTION
-
-
 def filter_logits(
     logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
@@ -69,6 +43,44 @@ def filter_logits(
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits[drop] = -math.inf
     return logits
+    # END SOLUTION
+
+
+def check_generate_arguments(
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    """Raise ValueError naming the first argument of :func:`generate` that is out of range.
+
+    In this order: ``idx`` must be a 2-D (B, T) tensor, of integer dtype (int64 or int32), with
+    T >= 1; ``max_new_tokens`` an int >= 0; ``temperature`` a finite number >= 0; ``top_k`` None
+    or an int >= 1; ``top_p`` None or a number in (0, 1]. The message says which argument, what
+    it must be and what it got. :func:`generate` calls it before anything else.
+    """
+    # BEGIN SOLUTION
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(
+            f"idx must be a (B, T) tensor of token ids (use idx[None] for one), got {shape}"
+        )
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+    if idx.shape[1] == 0:
+        raise ValueError("idx must hold at least one token of context per row, got T = 0")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if (
+        not (isinstance(temperature, (int, float)) and math.isfinite(temperature))
+        or temperature < 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
     # END SOLUTION
 
 
@@ -118,7 +130,7 @@ def generate(
         ValueError: for a malformed ``idx`` or an argument out of range (temperature < 0,
             top_k < 1, top_p outside (0, 1], max_new_tokens < 0).
     """
-    _check_arguments(idx, max_new_tokens, temperature, top_k, top_p)
+    check_generate_arguments(idx, max_new_tokens, temperature, top_k, top_p)
     block_size = _block_size(model)
     was_training = model.training
     model.eval()

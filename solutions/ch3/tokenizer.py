@@ -8,8 +8,9 @@ Two tokenizers with the same interface (``vocab_size``, ``encode``, ``decode``, 
   values, so every string (Japanese, emoji, anything UTF-8) can be encoded, and learns merges of
   frequent adjacent pairs into new tokens until the vocabulary has the size asked for.
 
-``load_gpt2_files`` reads the tokenizer files that OpenAI published with GPT-2 (``vocab.json``
-and ``merges.txt``), so a downloaded GPT-2 checkpoint can be used with this code.
+``load_gpt2_files`` reads GPT-2's tokenizer files under Hugging Face's names (``vocab.json`` and
+``merges.txt``; OpenAI published the same contents as ``encoder.json`` and ``vocab.bpe``), so a
+downloaded GPT-2 checkpoint can be used with this code.
 
 Saved format (``BPETokenizer.save`` / ``to_dict``), one JSON object::
 
@@ -33,6 +34,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,13 @@ from typing import Any
 # other symbols (each optionally with one leading space) and whitespace, so merges never cross a
 # word boundary ("dog." and "dog!" share the token " dog"). Needs the ``regex`` package (\p{L}).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# The same pattern for ASCII text, for the standard library's faster ``re``: on ASCII, \p{L} is
+# [A-Za-z], \p{N} is [0-9] and ``regex``'s \s is these six characters (``re``'s \s would also take
+# \x1c-\x1f, which Unicode does not count as white space).
+_GPT2_ASCII = re.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\v\f\r A-Za-z0-9]+"""
+    r"""|[\t\n\v\f\r ]+(?![^\t\n\v\f\r ])|[\t\n\v\f\r ]+"""
+)
 
 
 class SimpleTokenizer:
@@ -121,10 +130,11 @@ def merge_ids(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     Occurrences never overlap: ``merge_ids([5, 5, 5], (5, 5), 9) == [9, 5]``.
     """
     # BEGIN SOLUTION
+    a, b = pair
     out: list[int] = []
-    i = 0
-    while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+    i, n = 0, len(ids)
+    while i < n:
+        if ids[i] == a and i + 1 < n and ids[i + 1] == b:
             out.append(new_id)
             i += 2
         else:
@@ -318,8 +328,9 @@ class BPETokenizer:
                 raise ValueError(f"special token {text!r} reuses id {i}")
             self.vocab[i] = text.encode("utf-8")
         self._regex = _compile(pattern)
+        self._ascii_regex = _GPT2_ASCII if pattern == GPT2_PATTERN else None
         self._special_regex = _compile_specials(list(self.special_tokens))
-        self._cache: dict[bytes, list[int]] = {}
+        self._cache: dict[str, list[int]] = {}  # chunk -> ids: words repeat, encode each once
 
     @property
     def vocab_size(self) -> int:
@@ -364,7 +375,8 @@ class BPETokenizer:
         chunk_counts: Counter[str] = Counter()
         for piece in _split_special(text, _compile_specials(special_tokens)):
             if piece not in special_tokens:
-                chunk_counts.update(_pretokenize(piece, split))
+                fast = pattern == GPT2_PATTERN and piece.isascii()
+                chunk_counts.update(_pretokenize(piece, _GPT2_ASCII if fast else split))
         words = {tuple(chunk.encode("utf-8")): c for chunk, c in chunk_counts.items()}
         merges = learn_merges(words, num_merges, first_id=256)
         first_special = 256 + len(merges)
@@ -385,9 +397,10 @@ class BPETokenizer:
         # BEGIN SOLUTION
         ranks = self._ranks
         while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:], strict=False), key=lambda p: ranks.get(p, len(ranks)))
-            if pair not in ranks:
+            ranked = [p for p in zip(ids, ids[1:], strict=False) if p in ranks]
+            if not ranked:
                 break
+            pair = min(ranked, key=ranks.__getitem__)  # the earliest merge learned
             ids = merge_ids(ids, pair, self.merges[pair])
         # END SOLUTION
         return ids
@@ -399,16 +412,33 @@ class BPETokenizer:
             if piece in self.special_tokens:
                 ids.append(self.special_tokens[piece])
                 continue
-            for chunk in _pretokenize(piece, self._regex):
-                data = chunk.encode("utf-8")
-                if len(data) > LONG_CHUNK:  # pattern=None or a huge word: the heap version
-                    ids.extend(_merge_by_rank([self.byte_ids[b] for b in data], self))
-                    continue
-                cached = self._cache.get(data)
-                if cached is None:  # words repeat: encode each distinct chunk once
-                    cached = self._cache[data] = self._encode_chunk(data)
-                ids.extend(cached)
+            ids.extend(self._encode_ordinary(piece))
         return ids
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """The ids of a text without special tokens: split, each distinct chunk encoded once
+        (and remembered), then the chunks' ids looked up and joined in C (map, chain)."""
+        ascii_fast = self._ascii_regex is not None and text.isascii()
+        chunks = _pretokenize(text, self._ascii_regex if ascii_fast else self._regex)
+        cache = self._cache
+        try:  # every chunk seen before: the common case once a text has been encoded
+            return list(chain.from_iterable(map(cache.__getitem__, chunks)))
+        except KeyError:
+            pass
+        for chunk in set(chunks).difference(cache):
+            data = chunk.encode("utf-8")
+            if len(data) > LONG_CHUNK:  # pattern=None or a huge word: the heap version, uncached
+                return [i for c in chunks for i in self._encode_uncached(c)]
+            cache[chunk] = self._encode_chunk(data)
+        return list(chain.from_iterable(map(cache.__getitem__, chunks)))
+
+    def _encode_uncached(self, chunk: str) -> list[int]:
+        if chunk in self._cache:
+            return self._cache[chunk]
+        data = chunk.encode("utf-8")
+        if len(data) > LONG_CHUNK:
+            return _merge_by_rank([self.byte_ids[b] for b in data], self)
+        return self._encode_chunk(data)
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of ``ids``: their bytes joined, then decoded as UTF-8.
@@ -420,8 +450,13 @@ class BPETokenizer:
             ValueError: for an id that is not in the vocabulary.
         """
         # BEGIN SOLUTION
+        ids = ids if isinstance(ids, list) else list(ids)
         try:
-            data = b"".join(self.vocab[int(i)] for i in ids)
+            data = b"".join(map(self.vocab.__getitem__, ids))  # ints: the lookup runs in C
+        except (KeyError, TypeError):  # tensors or numpy ints as ids: convert, one by one
+            data = None
+        try:
+            data = data if data is not None else b"".join(self.vocab[int(i)] for i in ids)
         except KeyError as err:
             raise ValueError(
                 f"id {err.args[0]} is not in the vocabulary ({self.vocab_size} ids)"
@@ -531,7 +566,8 @@ def _split_special(text: str, special_regex) -> list[str]:
 
 
 def load_gpt2_files(vocab_json: str | Path, merges_txt: str | Path) -> BPETokenizer:
-    """A :class:`BPETokenizer` from GPT-2's published ``vocab.json`` and ``merges.txt``.
+    """A :class:`BPETokenizer` from GPT-2's ``vocab.json`` and ``merges.txt`` (Hugging Face's names
+    for OpenAI's ``encoder.json`` and ``vocab.bpe``).
 
     ``vocab.json`` maps each token, written with :func:`bytes_to_unicode`, to its id;
     ``merges.txt`` lists one merge per line (``"Ġ t"``), lowest rank first, after a

@@ -113,7 +113,7 @@ def test_checkpoint_reloads_in_a_fresh_process(trained, tmp_path):
     check(
         proc.returncode == 0,
         f"reloading the checkpoint in a new process failed: {proc.stderr.strip()[-300:]}. Look "
-        f"at ch3/trainer.py, load_checkpoint.",
+        f"at ch3/trainer.py, read_checkpoint.",
     )
     check_equal(
         json.loads(proc.stdout.strip().splitlines()[-1]),

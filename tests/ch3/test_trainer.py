@@ -153,8 +153,8 @@ def test_get_lr_is_linear_warmup_then_cosine_to_the_floor():
             f"ch3/trainer.py, GPTTrainer.get_lr.",
         )
     check_close(
-        torch.tensor(make().min_lr),
-        torch.tensor(make().learning_rate / 10),
+        torch.tensor(make().config.min_lr),
+        torch.tensor(make().config.learning_rate / 10),
         "the default min_lr",
         "ch3/trainer.py, GPTTrainer.__init__",
     )
@@ -346,15 +346,19 @@ def test_train_learns_and_returns_the_history():
 
 
 def test_progress_bar_runs(capsys):
-    """Without quiet, train() shows a progress bar and still trains."""
+    """Without quiet, train() prints its evaluations and still trains; a callback sees every
+    step (the command line's progress bar is one)."""
     trainer = make(TinyLM(), loader(4), loader(4), max_steps=3, warmup_steps=1, quiet=False)
-    history = trainer.train()
+    seen = []
+    history = trainer.train(callback=lambda t, record: seen.append((t.step, record["step"])))
     check_equal(
         len(history["train"]),
         3,
         "training records with a progress bar",
         "ch3/trainer.py, GPTTrainer.train",
     )
+    check_equal(seen, [(1, 0), (2, 1), (3, 2)], "the callback's calls", "GPTTrainer.train")
+    check("val loss" in capsys.readouterr().out, "train() without quiet prints its evaluations")
 
 
 def test_checkpoint_holds_everything_and_loads_safely(tmp_path):
@@ -498,3 +502,19 @@ def test_device_choice_and_cpu_precision():
         "the default precision on CPU",
         "ch3/trainer.py, pick_dtype",
     )
+
+
+def test_settings_are_one_config_and_the_constructor_leaves_the_rng_alone():
+    """The keyword arguments and a TrainConfig give the same trainer; keywords override the
+    config; an unknown keyword is a TypeError; creating a trainer does not touch the global RNG."""
+    config = trainer_mod.TrainConfig(learning_rate=2e-3, max_steps=50, warmup_steps=5)
+    model, train = TinyLM(), loader(4)
+    state = torch.get_rng_state()
+    by_config = make(model, train, config=config)
+    check(torch.equal(torch.get_rng_state(), state), "GPTTrainer(...) must not seed the RNG")
+    by_keywords = make(learning_rate=2e-3, max_steps=50, warmup_steps=5)
+    check_equal(by_config.config, by_keywords.config, "the config", "GPTTrainer.__init__")
+    check_equal(by_config.config.min_lr, 2e-4, "the default min_lr", "GPTTrainer.__init__")
+    check_equal(make(config=config, max_steps=9).config.max_steps, 9, "an override", "__init__")
+    with pytest.raises(TypeError, match="max_step"):
+        make(max_step=3)

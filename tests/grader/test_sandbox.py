@@ -80,7 +80,7 @@ def good():
 DRIVER = """
 import json, sys
 from pathlib import Path
-from grader import batch
+from grader.instructor import batch
 from grader.manifest import Chapter, Stage
 
 config = json.loads(sys.argv[1])

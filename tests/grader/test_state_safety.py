@@ -14,7 +14,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from grader import formats, manifest, progress
+from grader import manifest, progress
+from grader.instructor import formats
 from grader.runner import REPO_ROOT, ChapterResult, StageResult, TestResult
 
 from .conftest import run_cli

@@ -160,8 +160,8 @@ BROKEN = (
         "ch3/trainer.py",
         (
             (
-                "self.learning_rate * (step + 1) / self.warmup_steps",
-                "self.learning_rate * step / self.warmup_steps",
+                "c.learning_rate * (step + 1) / c.warmup_steps",
+                "c.learning_rate * step / c.warmup_steps",
                 1,
             ),
         ),
