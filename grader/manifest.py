@@ -21,7 +21,7 @@ enforces the limit itself, see ``grader/runner.py``), so a hang costs one limit,
 ``time_limit`` bounds the whole stage process, collection included.
 
 An ``optional`` stage never locks the stages after it, and a chapter counts as passed without it;
-its points are extra credit (not part of the chapter's maximum score).
+it is worth no points (``points=0``), so scores do not depend on it either.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Stage:
     points: int = 10
     test_timeout: float = MIN_TEST_TIMEOUT  # seconds per test (the rule above)
     time_limit: float = 240.0  # seconds for the whole stage subprocess
-    optional: bool = False  # locks nothing, not needed to pass, its points are extra credit
+    optional: bool = False  # locks nothing, not needed to pass (give it points=0)
     # Library APIs the tests use as oracles and the learner must not call (grader/forbidden.py).
     forbidden: tuple[str, ...] = ()
 
@@ -274,6 +274,7 @@ CH3 = Chapter(
                 "turns (x, a) into (x, new) and (b, y) into (new, y), so store where each pair "
                 "occurs (a linked list over the symbols) and pick the best pair from a heap.",
             ),
+            points=0,
             test_timeout=30.0,
             optional=True,
         ),

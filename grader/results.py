@@ -8,8 +8,7 @@ unless the chapter is graded with ``--all``.
 
 Score: partial credit, ``stage.points * passed / total`` (rounded to 2 decimals), where ``total``
 counts the stage's collected tests minus skipped ones (a test the stage never reached, ``not run``,
-counts as not passed). Locked stages score 0, and so do flagged ones (integrity). The chapter's
-``max_score`` counts the required stages: an optional stage's points are extra credit.
+counts as not passed). Locked stages score 0, and so do flagged ones (integrity).
 """
 
 from __future__ import annotations
@@ -135,10 +134,7 @@ class ChapterResult:
 
     @property
     def max_score(self) -> int:
-        """The points of the required stages (an optional stage's points are extra credit)."""
-        return sum(s.points for s in self.stages if not s.optional) or sum(
-            s.points for s in self.stages
-        )
+        return sum(s.points for s in self.stages)
 
     @property
     def first_problem(self) -> StageResult | None:

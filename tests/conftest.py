@@ -12,13 +12,19 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _seeded_one_thread():
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """For the whole session, so that module-scoped fixtures (the e2e stages train a model in
+    one) run on one thread too: a function-scoped fixture is set up after them."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -16,7 +16,7 @@ as escapes (``grader/text.py``), so the file is always well-formed XML.
 https://gradescope-autograders.readthedocs.io/en/latest/specs/): top-level ``score``,
 ``execution_time`` (seconds), ``output`` (the summary), ``visibility``, ``stdout_visibility``,
 ``extra_data`` and ``tests``: one entry per stage with ``score``, ``max_score`` (the stage's
-points; 0 for an optional stage, whose score is extra credit), ``status`` (``"passed"``/``"failed"``), ``name``, ``number`` (``"3.2"``: chapter 3,
+points), ``status`` (``"passed"``/``"failed"``), ``name``, ``number`` (``"3.2"``: chapter 3,
 stage 2), ``output`` (status, message, where to look, hint, doc; tests that did not pass),
 ``tags`` and ``visibility``.
 """
@@ -140,7 +140,7 @@ def gradescope_dict(
         tests.append(
             {
                 "score": stage.score,
-                "max_score": 0 if stage.optional else stage.points,  # optional: extra credit
+                "max_score": stage.points,
                 "status": "passed" if stage.ok else "failed",
                 "name": f"{result.chapter} {stage.name}: {stage.title}",
                 "number": f"{number}.{index}",

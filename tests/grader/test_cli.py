@@ -170,7 +170,7 @@ def test_verbose_shows_the_first_failure_once(make_stage, fake_chapter, tree, ca
 def test_an_optional_stage_locks_nothing(make_stage, fake_chapter, tree, capsys):
     fake_chapter(
         make_stage("first", stage_test(PASSING)),
-        make_stage("fast", stage_test(FAILING), optional=True),
+        make_stage("fast", stage_test(FAILING), optional=True, points=0),
         make_stage("last", stage_test(PASSING)),
     )
     code, out, _ = run_cli(capsys, "ch9", "--tree", str(tree))
@@ -178,7 +178,7 @@ def test_an_optional_stage_locks_nothing(make_stage, fake_chapter, tree, capsys)
     rows = {line.split()[1]: line.split()[-5] for line in out.splitlines() if line[:1].isdigit()}
     assert rows == {"first": "passed", "fast": "failed", "last": "passed"}
     assert "fast (optional)" in out and "Every required stage passed" in out
-    assert "Score: 20 / 20 points" in out  # an optional stage is extra credit
+    assert "Score: 20 / 20 points" in out  # an optional stage is worth no points
 
 
 class _ClosedAfterOneLine(io.StringIO):

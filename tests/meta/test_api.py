@@ -99,7 +99,8 @@ def test_every_stage_has_its_files_tests_and_doc(stage):
         assert (SOLUTIONS / rel).is_file(), f"solutions/{rel} does not exist"
         assert (EXERCISES / rel).is_file(), f"exercises/{rel} does not exist"
     assert (REPO / stage.doc).is_file(), f"{stage.doc} does not exist"
-    assert stage.hints and stage.points > 0 and stage.test_timeout < stage.time_limit
+    assert stage.hints and stage.test_timeout < stage.time_limit
+    assert stage.points > 0 or stage.optional, "only an optional stage is worth no points"
 
 
 def test_stage_names_are_unique_within_a_chapter():
