@@ -52,7 +52,7 @@ def check_generate_arguments(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch3 stage 'sampling' not started: implement check_generate_arguments in ch3/sampling.py (read docs/chapter03/3_7_sampling.md)"
+        "ch3 stage 'sampling' not started: implement check_generate_arguments in ch3/sampling.py (read docs/chapter03/3_7_sampling.md#arguments-out-of-range-check_generate_arguments)"
     )
 
 
