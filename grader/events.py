@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import StageResult, TestResult, Where
-from .statuses import CRASHED, ERROR, FAILED, NOT_RUN, PASSED, PRIORITY, SKIPPED
+from .statuses import CRASHED, ERROR, FAILED, NOT_RUN, PASSED, PRIORITY, SKIPPED, TIMED_OUT
 
 _FAULT_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
 
@@ -207,9 +207,15 @@ class StageEvents:
             )
         running = self.running
         results = []
+        cut = False  # past the first test that timed out: the stage stopped there
         for nodeid in self.collected or self.started:
-            if nodeid in self.tests:
+            if cut:
+                results.append(TestResult(nodeid, _name(nodeid), NOT_RUN, stop.unreached))
+            elif nodeid in self.tests:
                 results.append(self.tests[nodeid])
+                # A test that finished in the moment before the kill still counts as not run,
+                # so the score does not depend on how fast the supervisor was.
+                cut = stop.status == TIMED_OUT and self.tests[nodeid].status == TIMED_OUT
             elif nodeid == running:
                 results.append(
                     TestResult(nodeid, _name(nodeid), stop.status, stop.message, where=stop.where)

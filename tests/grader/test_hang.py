@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 
 from grader import manifest
-from grader.runner import GRACE, run_stage
+from grader.events import StageEvents, Stop
+from grader.runner import GRACE, run_stage, stage_fields
 from grader.tree import REPO_ROOT
 
 HANG = """
@@ -37,3 +38,31 @@ def test_a_hung_attention_stage_times_out_within_seconds(tmp_path):
     # minutes it took when every test of the stage waited for its own limit.
     assert stage.test_timeout + 3 <= 15
     assert result.seconds - result.startup < stage.test_timeout + GRACE
+
+
+def test_a_test_that_finishes_after_the_first_timeout_is_not_counted():
+    """The score never depends on how fast the supervisor killed the stage: a test whose record
+    arrived between the first timeout and the kill is 'not run', like those after it."""
+    events = StageEvents()
+    for record in (
+        {"event": "collected", "nodeids": ["t.py::test_loop", "t.py::test_fast", "t.py::test_c"]},
+        {"event": "start", "nodeid": "t.py::test_loop"},
+        {"event": "test", "nodeid": "t.py::test_loop", "status": "timed out", "message": "slow"},
+        {"event": "start", "nodeid": "t.py::test_fast"},
+        {"event": "test", "nodeid": "t.py::test_fast", "status": "passed"},
+    ):
+        events.add(record)
+    stop = Stop("timed out", "slow", decides=False, unreached="not run: stopped")
+    chapter = manifest.CHAPTERS["ch2"]
+    fields = stage_fields(chapter, chapter.stage("attention"))
+    result = events.result(
+        fields,
+        test_file="t.py",
+        stop=stop,
+        returncode=-9,
+        log_tail="",
+        tree=REPO_ROOT,
+        seconds=1.0,
+    )
+    assert [t.status for t in result.tests] == ["timed out", "not run", "not run"]
+    assert result.status == "timed out" and result.score == 0.0
