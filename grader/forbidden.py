@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .guard import asking_tree_frame
 from .statuses import RESULTS_ENV
 from .tree import PACKAGE
 
@@ -44,7 +45,6 @@ FORBIDDEN_ENV = "GRADER_FORBIDDEN"
 STRICT_ENV = "GRADER_STRICT"
 HIDDEN_ENV = "GRADER_HIDDEN"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_MAX_DEPTH = 80
 
 
 def env(forbidden: tuple[str, ...]) -> dict[str, str]:
@@ -87,16 +87,7 @@ class Policy:
     # -- who called -------------------------------------------------------------------------
     def tree_frame(self, frame: FrameType | None) -> FrameType | None:
         """The caller in the tree, if the nearest tree-or-machinery frame is the tree's."""
-        for _ in range(_MAX_DEPTH):
-            if frame is None:
-                return None
-            filename = frame.f_code.co_filename
-            if filename.startswith(self.tree):
-                return frame
-            if filename.startswith(self.machinery):
-                return None
-            frame = frame.f_back
-        return None
+        return asking_tree_frame(frame, self.tree, self.machinery)
 
     def record(self, name: str, place: str, where: dict[str, Any] | None) -> None:
         if name in self.used:

@@ -61,6 +61,24 @@ def _module_root(name: str) -> str | None:
     return os.path.dirname(os.path.realpath(file)) + os.sep if file else None
 
 
+def asking_tree_frame(
+    frame: FrameType | None, tree: str, machinery: tuple[str, ...], max_depth: int = 80
+) -> FrameType | None:
+    """Walking out from ``frame``: the first frame of the ``tree`` folder, unless a frame of the
+    ``machinery`` folders (the tests, the grader, pytest) comes first, then None: what the tests
+    do on their own account is never the learner's. Shared by the guard and grader.forbidden."""
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        filename = frame.f_code.co_filename
+        if filename.startswith(tree):
+            return frame
+        if filename.startswith(machinery):
+            return None
+        frame = frame.f_back
+    return None
+
+
 class Guard:
     def __init__(self, tree: Path, results: str) -> None:
         self.tree = str(tree) + os.sep
@@ -98,16 +116,7 @@ class Guard:
 
     def _asker(self, frame: FrameType | None) -> FrameType | None:
         """The tree frame that asked for this, if the nearest tree-or-machinery frame is one."""
-        depth = 0
-        while frame is not None and depth < 60:
-            filename = frame.f_code.co_filename
-            if filename.startswith(self.tree):
-                return frame
-            if filename.startswith(self.machinery):
-                return None
-            frame = frame.f_back
-            depth += 1
-        return None
+        return asking_tree_frame(frame, self.tree, self.machinery, max_depth=60)
 
     # -- imports ---------------------------------------------------------------------------
     def install_import_hook(self) -> None:
