@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from . import learner, manifest
-from .runner import Sandbox, grade, select_stages
+from .runner import Sandbox, grade, select_stages, stop_all
 from .sandbox import availability, for_learner
 from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .tree import UsageError, resolve_tree
@@ -195,12 +197,24 @@ def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` runs: stage processes are killed and
+    temporary folders removed, where the default action would leave them behind."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return run(sys.argv[1:] if argv is None else list(argv))
     except UsageError as error:
         print(f"python -m grader: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        stop_all()
         print("python -m grader: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -154,6 +155,22 @@ class _Lines:
         return new
 
 
+# Every stage process alive, so that an interrupted grader (SIGINT, SIGTERM) can stop them all:
+# batch grades from several threads, each supervising its own stage.
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+stopping = threading.Event()  # set by stop_all: no stage starts after it
+
+
+def stop_all() -> None:
+    """Kill every stage process this grader started, and any it would start from now on."""
+    stopping.set()
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        _kill_group(proc)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         if hasattr(os, "killpg"):
@@ -265,7 +282,15 @@ def run_stage(
                 stderr=subprocess.STDOUT,
                 start_new_session=hasattr(os, "killpg"),
             )
-            stop = _supervise(proc, _Lines(results), events, stage, listener, poll_interval)
+            with _live_lock:
+                _live.add(proc)
+            if stopping.is_set():  # stop_all ran while this one was starting
+                _kill_group(proc)
+            try:
+                stop = _supervise(proc, _Lines(results), events, stage, listener, poll_interval)
+            finally:
+                with _live_lock:
+                    _live.discard(proc)
         log_tail = _tail(log_path, _LOG_TAIL)
     result = events.result(
         fields,

@@ -40,7 +40,7 @@ from pathlib import Path
 from .. import sandbox as os_sandbox
 from ..manifest import Chapter
 from ..results import ChapterResult, StageResult
-from ..runner import Sandbox, run_stage, select_stages, unrun
+from ..runner import Sandbox, run_stage, select_stages, stop_all, stopping, unrun
 from ..statuses import ERROR, EXIT_OK, TIMED_OUT
 from ..tree import REPO_ROOT, UsageError
 from . import formats, integrity, limits
@@ -227,15 +227,28 @@ def _chapter_result(
 # -- the class ------------------------------------------------------------------------------
 
 
+class Interrupted(Exception):
+    """Grading stopped by Ctrl-C or SIGTERM: ``finished`` holds the learners graded before it."""
+
+    def __init__(self, finished: list[Graded]) -> None:
+        super().__init__(f"interrupted after {len(finished)} learner(s)")
+        self.finished = finished
+
+
 def grade_all(
     chapter: Chapter,
     submissions: list[Submission],
     options: Options,
     on_done: Callable[[Graded, int, int], None] | None = None,
 ) -> list[Graded]:
-    """Grade every submission, ``options.jobs`` at a time; results in the submissions' order."""
+    """Grade every submission, ``options.jobs`` at a time; results in the submissions' order.
+
+    Interrupted (KeyboardInterrupt), it kills every stage process, waits for the workers and
+    raises :class:`Interrupted` with the learners that were finished before the interruption
+    (those graded while it stopped are left out: their last stages were killed, not graded)."""
     lock = threading.Lock()
-    done = [0]
+    finished: list[Graded] = []
+    stopping.clear()  # a new batch in this process (an earlier one may have been interrupted)
     with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch_root:
 
         def one(sub: Submission) -> Graded:
@@ -247,13 +260,25 @@ def grade_all(
                 results = tuple(unrun(chapter, s, ERROR, message) for s in stages)
                 graded = Graded(sub, _chapter_result(chapter, sub, results, time.monotonic()))
             with lock:
-                done[0] += 1
-                if on_done is not None:
-                    on_done(graded, done[0], len(submissions))
+                if not stopping.is_set():
+                    finished.append(graded)
+                    if on_done is not None:
+                        on_done(graded, len(finished), len(submissions))
             return graded
 
-        with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-            return list(pool.map(one, submissions))
+        pool = ThreadPoolExecutor(max_workers=max(1, options.jobs))
+        futures = [pool.submit(one, sub) for sub in submissions]
+        try:
+            results = [future.result() for future in futures]
+        except KeyboardInterrupt:
+            stop_all()
+            pool.shutdown(wait=True, cancel_futures=True)
+            with lock:
+                order = {id(sub): n for n, sub in enumerate(submissions)}
+                done = sorted(finished, key=lambda g: order[id(g.submission)])
+            raise Interrupted(done) from None
+        pool.shutdown()
+        return results
 
 
 def gradebook_rows(chapter: Chapter, graded: list[Graded], only=None) -> list[list[str]]:
@@ -279,10 +304,14 @@ def gradebook_rows(chapter: Chapter, graded: list[Graded], only=None) -> list[li
     return rows
 
 
-def write_outputs(chapter: Chapter, graded: list[Graded], out: Path, only=None) -> Path:
-    """The gradebook and every learner's reports under ``out``; returns the gradebook's path."""
+def write_outputs(
+    chapter: Chapter, graded: list[Graded], out: Path, only=None, *, partial: bool = False
+) -> Path:
+    """The gradebook and every learner's reports under ``out``; returns the gradebook's path.
+    A ``partial`` one (an interrupted batch) is ``gradebook-partial.csv``, so that it is never
+    taken for the whole class."""
     out.mkdir(parents=True, exist_ok=True)
-    book = out / "gradebook.csv"
+    book = out / ("gradebook-partial.csv" if partial else "gradebook.csv")
     with open(book, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(gradebook_rows(chapter, graded, only))
     for g in graded:
@@ -372,7 +401,17 @@ def run(args, chapter: Chapter, console) -> int:
         )
 
     start = time.monotonic()
-    graded = grade_all(chapter, submissions, options, on_done=done)
+    try:
+        graded = grade_all(chapter, submissions, options, on_done=done)
+    except Interrupted as stop:
+        book = write_outputs(chapter, stop.finished, out, only, partial=True)
+        console.print(
+            f"Interrupted: {len(stop.finished)} of {len(submissions)} learner(s) graded; "
+            f"partial gradebook: {book}",
+            style="bold red",
+            markup=False,
+        )
+        return 130
     book = write_outputs(chapter, graded, out, only)
     console.print(
         f"Gradebook: {book}  (reports per learner in {out}; {time.monotonic() - start:.1f} s)",
