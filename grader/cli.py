@@ -20,7 +20,7 @@ import threading
 from . import learner, manifest
 from .runner import Sandbox, grade, select_stages, stop_all
 from .sandbox import availability, for_learner
-from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HIDDEN_ENV
 from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, make_console, render, render_list
 
@@ -165,18 +165,31 @@ def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
     if only is not None and args.all:
         raise UsageError("--all and a single stage cannot be used together")
     select_stages(chapter, only)  # an unknown stage is a usage error before anything runs
-    if args.hidden:
-        os.environ["GRADER_HIDDEN"] = "1"  # the stage subprocesses inherit it
+    sandbox = Sandbox(prefix=for_learner())
+    keys = {}
+    if args.hidden:  # an instructor's run: every test, verdicts decided by the grader
+        os.environ[HIDDEN_ENV] = "1"  # the stage subprocesses inherit it
         isolated, why = availability()
         if not isolated:
             console.print(f"WARNING: grading WITHOUT the OS sandbox: {why}", style="bold red")
-    sandbox = Sandbox(prefix=for_learner())
+        from . import answer_key  # an instructor's run only
+
+        console.print("Answer keys from the reference (made once, then cached)...", style="dim")
+        keys = answer_key.keys_for(
+            chapter, select_stages(chapter, only), prefix=sandbox.prefix, hidden=True
+        )
 
     live = LiveProgress(console, chapter)
     with learner.grading_session() as session:  # stages may leave artifacts (e2e text, losses)
         try:
             result = grade(
-                chapter, args.tree, only=only, run_all=args.all, listener=live, sandbox=sandbox
+                chapter,
+                args.tree,
+                only=only,
+                run_all=args.all,
+                listener=live,
+                sandbox=sandbox,
+                keys=keys,
             )
         finally:
             live.close()

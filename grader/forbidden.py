@@ -38,12 +38,11 @@ from types import FrameType
 from typing import Any
 
 from .guard import asking_tree_frame
-from .statuses import RESULTS_ENV
+from .statuses import HIDDEN_ENV, RESULTS_ENV
 from .tree import PACKAGE
 
 FORBIDDEN_ENV = "GRADER_FORBIDDEN"
 STRICT_ENV = "GRADER_STRICT"
-HIDDEN_ENV = "GRADER_HIDDEN"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -21,6 +21,10 @@ Lines, in order (every line is one JSON object with an ``event`` key):
   runs);
 - ``{"event": "finish", "exitstatus"}`` when the session ends normally.
 
+In an instructor's run the values of every check go to a second file, ``GRADER_CHECKS``
+(``grader/checks.py``), from which the grader decides the verdicts itself (``grader/verdicts.py``):
+nothing written here can make a test pass there.
+
 ``where`` is ``{"file", "line", "function"}`` for the deepest traceback frame inside the tree
 under test (the learner's code), tree-relative, or ``null`` when the error did not pass through it.
 """
@@ -38,10 +42,12 @@ from typing import Any
 
 import pytest
 
+from . import checks
 from .statuses import (
     CRASHED,
     ERROR,
     FAILED,
+    HIDDEN_ENV,
     NOT_STARTED,
     PASSED,
     RESULTS_ENV,
@@ -55,7 +61,6 @@ _LOAD_ERRORS = (SyntaxError, ImportError, NameError)
 _TIMEOUT_PREFIX = "Timeout (>"  # pytest-timeout's message, signal method
 _MAX_MESSAGE = 600
 _OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "not enough memory")
-HIDDEN_ENV = "GRADER_HIDDEN"  # "1": run the tests marked hidden (an instructor's run)
 
 
 class _Places:
@@ -210,6 +215,8 @@ class GraderPlugin:
         self._tests: dict[str, dict[str, Any]] = {}
         self._collect: dict[str, dict[str, Any]] = {}
         self._install_exit_hook()
+        if os.environ.get(checks.CHECKS_ENV):  # an instructor's run: grader/verdicts.py
+            checks.open_channel(os.environ[checks.CHECKS_ENV])
 
     # -- writing ---------------------------------------------------------------------------
     def emit(self, record: dict[str, Any]) -> None:
@@ -283,6 +290,7 @@ class GraderPlugin:
     # -- running ---------------------------------------------------------------------------
     def pytest_runtest_logstart(self, nodeid, location) -> None:
         self._tests.setdefault(nodeid, {})
+        checks.begin(nodeid)
         self.emit({"event": "start", "nodeid": nodeid, "time": time.time()})
 
     @pytest.hookimpl(hookwrapper=True)

@@ -61,6 +61,17 @@ class TestResult:
 
 
 @dataclass(frozen=True)
+class Verdicts:
+    """How the grader decided a stage's tests itself (an instructor's run, grader/verdicts.py):
+    ``verified`` of the ``total`` tests compared with the reference's values, ``overridden``
+    passes reported by the stage's process that the grader did not accept."""
+
+    total: int
+    verified: int
+    overridden: int = 0
+
+
+@dataclass(frozen=True)
 class StageResult:
     """One stage: its status, its tests, and the first problem for the learner to fix."""
 
@@ -86,6 +97,7 @@ class StageResult:
     hidden_excluded: int = 0  # tests marked hidden that this (learner's) run left out
     warnings: tuple[str, ...] = ()  # shown, no effect on the score (grader/forbidden.py)
     optional: bool = False  # an optional stage (manifest: Stage.optional) locks nothing
+    verdicts: Verdicts | None = None  # None: the stage's process decided (a learner's run)
 
     @property
     def passed(self) -> int:

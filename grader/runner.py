@@ -35,12 +35,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .checks import CHECKS_ENV
 from .events import StageEvents, Stop
 from .forbidden import env as forbidden_env
 from .manifest import Chapter, Stage
 from .results import ChapterResult, StageResult, TestResult
-from .statuses import ERROR, LOCKED, RESULTS_ENV, TIMED_OUT
+from .statuses import ERROR, HIDDEN_ENV, LOCKED, RESULTS_ENV, TIMED_OUT
 from .tree import REPO_ROOT, UsageError, resolve_tree
+from .verdicts import Key, judge, read_checks
 
 GRACE = 3.0  # seconds the supervisor gives pytest-timeout to report a test before killing it
 _LOG_TAIL = 4000  # characters of the subprocess's output kept for diagnosis
@@ -252,8 +254,12 @@ def run_stage(
     python: str = sys.executable,
     poll_interval: float = 0.05,
     sandbox: Sandbox | None = None,
+    key: Key | None = None,
 ) -> StageResult:
-    """Run one stage's tests against ``tree`` in a subprocess and classify what happened."""
+    """Run one stage's tests against ``tree`` in a subprocess and classify what happened.
+
+    With ``key`` (an instructor's run) the process only reports its checks' values, and the
+    grader decides every verdict against the key (``grader/verdicts.py``)."""
     listener = listener or Silent()
     sandbox = sandbox or Sandbox()
     tree_value, tree_dir = resolve_tree(tree)
@@ -269,6 +275,10 @@ def run_stage(
     with tempfile.TemporaryDirectory(prefix="grader-") as tmp:
         results = Path(tmp) / "results.jsonl"
         log_path = Path(tmp) / "pytest.log"
+        checks_path = Path(tmp) / "checks.jsonl"
+        trusted = (
+            {CHECKS_ENV: str(checks_path), HIDDEN_ENV: "1" if key.hidden else "0"} if key else {}
+        )
         with open(log_path, "wb") as log:
             root = repo_root if sandbox.cwd is not None else None
             proc = subprocess.Popen(
@@ -276,7 +286,8 @@ def run_stage(
                 cwd=sandbox.cwd or repo_root,
                 env=stage_env(tree_value, results)
                 | forbidden_env(stage.forbidden)
-                | dict(sandbox.env),
+                | dict(sandbox.env)
+                | trusted,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -292,6 +303,7 @@ def run_stage(
                 with _live_lock:
                     _live.discard(proc)
         log_tail = _tail(log_path, _LOG_TAIL)
+        records = read_checks(checks_path) if key else {}
     result = events.result(
         fields,
         test_file=stage.tests,
@@ -301,6 +313,8 @@ def run_stage(
         tree=tree_dir,
         seconds=time.monotonic() - start,
     )
+    if key is not None:
+        result = judge(result, key, records)
     return _with_fitting_hint(result, stage)
 
 
@@ -367,10 +381,12 @@ def grade(
     listener: Listener | None = None,
     repo_root: Path = REPO_ROOT,
     sandbox: Sandbox | None = None,
+    keys: Mapping[str, Key] | None = None,
 ) -> ChapterResult:
     """Grade ``chapter`` on ``tree`` stage by stage; later stages are locked after the first
     required one that does not pass, unless ``run_all`` (or ``only`` names the stages to run).
-    An optional stage (``Stage.optional``) that does not pass locks nothing."""
+    An optional stage (``Stage.optional``) that does not pass locks nothing. ``keys`` (answer keys
+    by stage name, an instructor's run) make the grader decide the verdicts (grader/verdicts.py)."""
     listener = listener or Silent()
     tree_value, tree_dir = resolve_tree(tree)
     stages = select_stages(chapter, only)
@@ -384,7 +400,13 @@ def grade(
             continue
         listener.stage_started(stage, index, len(stages))
         result = run_stage(
-            chapter, stage, tree_value, listener=listener, repo_root=repo_root, sandbox=sandbox
+            chapter,
+            stage,
+            tree_value,
+            listener=listener,
+            repo_root=repo_root,
+            sandbox=sandbox,
+            key=(keys or {}).get(stage.name),
         )
         listener.stage_finished(stage, result)
         results.append(result)

@@ -19,7 +19,8 @@ the learner's files as they are on disk):
 - not at all: everything else. ``solutions/`` (unless it is the tree under test), the rest of the
   checkout (``.grader/``, ``.git``, ``exercises/`` when grading a copy), other submissions,
   the instructor's home, and any ``--hide`` path, even one inside a visible folder;
-- writable: the results file and the artifacts folder (bound in), a private ``/tmp`` that is
+- writable: the results file, the checks file (an instructor's run) and the artifacts folder
+  (bound in), a private ``/tmp`` that is
   also ``HOME`` and ``TMPDIR`` (a tmpfs: gone with the stage, so nothing written there, a
   ``.pth`` file in the user site-packages for instance, reaches a later stage);
 - no network (a new network namespace has only a loopback with nothing listening), a new PID
@@ -48,6 +49,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .checks import CHECKS_ENV
 from .statuses import RESULTS_ENV
 from .tree import ENV_VAR as TREE_ENV
 from .tree import REPO_ROOT, TREES
@@ -125,7 +127,7 @@ def bwrap_command(
             args += (
                 ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
             )
-    for name in (RESULTS_ENV, ARTIFACTS_ENV):
+    for name in (RESULTS_ENV, CHECKS_ENV, ARTIFACTS_ENV):
         value = env.get(name)
         if value and Path(value).exists():
             args += ["--bind", value, value]
@@ -203,9 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run")
-    results = os.environ.get(RESULTS_ENV)
-    if results and Path(results).parent.is_dir():
-        Path(results).touch()  # bound in below, so it must exist before the stage appends to it
+    for name in (RESULTS_ENV, CHECKS_ENV):
+        value = os.environ.get(name)
+        if value and Path(value).parent.is_dir():
+            Path(value).touch()  # bound in below, so it must exist before the stage appends to it
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         sys.exit("python -m grader.sandbox: error: bubblewrap (bwrap) is not installed")

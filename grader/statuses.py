@@ -5,6 +5,7 @@ runner and the command line (``python -m grader --help``, ``list``) start withou
 """
 
 RESULTS_ENV = "GRADER_RESULTS"  # the file the plugin and the guard append their JSON lines to
+HIDDEN_ENV = "GRADER_HIDDEN"  # "1": run the tests marked hidden (an instructor's run)
 
 # Statuses of one test; a stage takes the same words, plus "locked".
 PASSED = "passed"

@@ -1,7 +1,12 @@
 """Checks that fail with a sentence a learner understands: what was expected, what came out, where.
 
 Stage tests use these instead of bare ``assert`` so that the grader can show one or two plain
-lines instead of a traceback. Every helper raises :class:`LearnerFailure` (an ``AssertionError``),
+lines instead of a traceback, and so that in an instructor's run the grader can decide the
+verdict itself: every check first hands its values to :func:`grader.checks.record`, which the
+grader compares with the reference's (``grader/verdicts.py``). So a stage test makes every
+verdict through a ``check*`` helper, and prefers comparing a value with an expected one
+(``check_close``, ``check_equal``) to ``check(condition)``, whose condition is computed in the
+process under test. Every helper raises :class:`LearnerFailure` (an ``AssertionError``),
 whose message is complete on its own. A check given the likely wrong variants (:class:`Mistake`)
 names the one the learner's output equals, and the sentences are built so that no verb has to
 agree with ``what`` ("the attention weights" and "the output" both read right).
@@ -9,12 +14,17 @@ agree with ``what`` ("the attention weights" and "the output" both read right).
 
 from __future__ import annotations
 
+import math
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from grader import checks as recorded
 
 
 class LearnerFailure(AssertionError):
@@ -27,11 +37,21 @@ def fail(message: str) -> None:
 
 def check(condition: bool, message: str) -> None:
     """Fail with ``message`` unless ``condition`` holds."""
+    recorded.record(recorded.TRUE, bool(condition), True)
     if not condition:
         raise LearnerFailure(message)
 
 
 def check_shape(got: torch.Tensor, expected: Sequence[int], what: str, where: str) -> None:
+    recorded.record(recorded.SHAPE, _shape_of(got), tuple(expected))
+    _check_shape(got, expected, what, where)
+
+
+def _shape_of(got: object) -> object:
+    return tuple(got.shape) if isinstance(got, torch.Tensor) else type(got)
+
+
+def _check_shape(got: torch.Tensor, expected: Sequence[int], what: str, where: str) -> None:
     if not isinstance(got, torch.Tensor):
         fail(
             f"{what} should be a torch.Tensor of shape {tuple(expected)}, got {type(got).__name__}. "
@@ -113,7 +133,8 @@ def check_close(
     sentence names that mistake; otherwise it gives the first differing entry, followed by
     ``hint`` (what usually causes wrong values here; never shown for a shape or dtype failure).
     """
-    check_shape(got, expected.shape, what, where)
+    recorded.record(recorded.CLOSE, got, expected, atol=atol, rtol=rtol)
+    _check_shape(got, expected.shape, what, where)
     if got.dtype.is_floating_point != expected.dtype.is_floating_point or got.dtype == torch.bool:
         if got.dtype != expected.dtype:
             fail(f"{what} should have dtype {expected.dtype}, got {got.dtype}. Look at {where}.")
@@ -142,6 +163,7 @@ def check_close(
 
 
 def check_equal(got: object, expected: object, what: str, where: str) -> None:
+    recorded.record(recorded.EQUAL, got, expected)
     if got != expected:
         fail(f"{what} should be {expected!r}, got {got!r}. Look at {where}.")
 
@@ -171,13 +193,49 @@ def check_raises(
             raise
         raise  # pragma: no cover - no test expects NotImplementedError
     except exc_type as err:
-        if match is not None and not re.search(match, str(err)):
+        matched = match is None or re.search(match, str(err)) is not None
+        recorded.record(recorded.RAISES, name if matched else f"{name} (other message)", name)
+        if not matched:
             fail(
                 f"{what} should raise a {name} whose message mentions {match!r}, got "
                 f"{name}: {err}. Look at {where}."
             )
         raised.value = err
     except Exception as err:  # noqa: BLE001 - any other error is the learner's to see
+        recorded.record(recorded.RAISES, type(err).__name__, name)
         fail(f"{what} should raise {name}, got {type(err).__name__}: {err}. Look at {where}.")
     else:
+        recorded.record(recorded.RAISES, "nothing", name)
         fail(f"{what} should raise {name}, but nothing was raised. Look at {where}.")
+
+
+@torch.no_grad()
+def fill_parameters(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter of ``module`` values fixed by its name, its shape and ``seed``, then
+    reseed torch's generator with ``seed``; returns ``module``.
+
+    A test that compares the learner's module with an oracle holding the same weights, or that
+    draws its inputs after building the module, would otherwise expect values that depend on how
+    the learner's ``__init__`` used the random generator. After this call every correct learner
+    gets the same expected values, so the grader can hold them in its answer key
+    (``grader/verdicts.py``). Matrices get N(0, 1/fan_in); vectors named ``weight`` (norms)
+    1 + N(0, 0.2^2); other vectors N(0, 0.2^2). A parameter shared under several names (tied
+    weights) is filled once, by the first of its names in sorted order, so the order in which
+    the learner registered its modules does not matter. Not for tests of the initialisation.
+    """
+    by_id: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) not in by_id or name < by_id[id(param)][0]:
+            by_id[id(param)] = (name, param)
+    for name, param in by_id.values():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        if param.dim() >= 2:
+            value = noise / math.sqrt(param.shape[-1])
+        elif name.endswith("weight"):
+            value = 1.0 + 0.2 * noise
+        else:
+            value = 0.2 * noise
+        param.copy_(value.to(param.dtype))
+    torch.manual_seed(seed)
+    return module

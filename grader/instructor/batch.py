@@ -17,6 +17,12 @@ the whole submission (stages after it is used up are ``timed out``), and the OS 
 outliving the stage), without which ``run`` refuses to grade unless ``--unsafe`` is given. The
 tests always come from the grader's ``tests/``. ``--jobs`` submissions are graded at once.
 
+Verdicts: the grader decides them itself (``grader/verdicts.py``). Before the first submission,
+each stage's answer key is made from the reference (``grader/answer_key.py``; cached in
+``.grader/keys/``, so only the first batch of a version of the tests pays for it), and every
+stage's process reports its checks' values, which the grader compares with the key: a forged
+"passed", a skipped or missing test, a patched comparison function earn nothing.
+
 Output (``--out``, default ``grades-<chapter>``): ``gradebook.csv`` (learner, one column per
 stage score, total, max_score, flags, first_problem), and per learner
 ``<learner>/report.json`` (schema ``llmfs-grader/1`` plus ``learner`` and ``integrity``),
@@ -32,17 +38,19 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import answer_key
 from .. import sandbox as os_sandbox
 from ..manifest import Chapter
 from ..results import ChapterResult, StageResult
 from ..runner import Sandbox, run_stage, select_stages, stop_all, stopping, unrun
-from ..statuses import ERROR, EXIT_OK, TIMED_OUT
+from ..statuses import ERROR, EXIT_OK, HIDDEN_ENV, TIMED_OUT
 from ..tree import REPO_ROOT, UsageError
+from ..verdicts import Key
 from . import formats, integrity, limits
 from .report import write_json
 
@@ -59,6 +67,8 @@ class Options:
     hidden: bool = False  # include the tests marked hidden
     only: tuple[str, ...] | None = None  # grade only these stages
     sandbox: bool = True  # each stage in the OS sandbox where available (grader/instructor/)
+    verdicts: bool = True  # the grader decides verdicts against the reference (grader/verdicts.py)
+    reference: Path = answer_key.REFERENCE  # the tree the answer keys come from
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,7 @@ def sandbox_for(scratch: Path, options: Options, hide: tuple[Path, ...] = ()) ->
         "PYTHONDONTWRITEBYTECODE": "1",
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
-        "GRADER_HIDDEN": "1" if options.hidden else "0",
+        HIDDEN_ENV: "1" if options.hidden else "0",
         "GRADER_GUARD": "1",
         "GRADER_STRICT": "1",  # an instructor's run: a forbidden API scores 0 (grader/forbidden.py)
     }
@@ -167,7 +177,11 @@ def sandbox_for(scratch: Path, options: Options, hide: tuple[Path, ...] = ()) ->
 
 
 def grade_submission(
-    chapter: Chapter, submission: Submission, options: Options, scratch_root: Path
+    chapter: Chapter,
+    submission: Submission,
+    options: Options,
+    scratch_root: Path,
+    keys: Mapping[str, Key] | None = None,
 ) -> Graded:
     """Grade one learner's copy in isolation; never raises for anything the copy contains."""
     stages = select_stages(chapter, options.only)
@@ -202,7 +216,8 @@ def grade_submission(
                 time_limit=min(stage.time_limit, left),
                 test_timeout=min(stage.test_timeout, left),
             )
-            result = run_stage(chapter, bounded, str(copy), sandbox=sandbox)
+            key = (keys or {}).get(stage.name)
+            result = run_stage(chapter, bounded, str(copy), sandbox=sandbox, key=key)
             results.append(dataclasses.replace(result, log_tail=""))
         graded = _chapter_result(chapter, submission, tuple(results), start)
         graded = integrity.apply(graded, list(findings), chapter, prefix)
@@ -235,6 +250,22 @@ class Interrupted(Exception):
         self.finished = finished
 
 
+def answer_keys(chapter: Chapter, options: Options) -> dict[str, Key]:
+    """The answer key of every stage to grade (grader/answer_key.py; cached, so made once per
+    version of the tests and the reference); none when ``options.verdicts`` is off or the
+    reference lacks the chapter (a made-up chapter in the grader's own tests)."""
+    if not options.verdicts:
+        return {}
+    isolated = options.sandbox and os_sandbox.availability()[0]
+    return answer_key.keys_for(
+        chapter,
+        select_stages(chapter, options.only),
+        reference=options.reference,
+        prefix=os_sandbox.prefix() if isolated else (),
+        hidden=options.hidden,
+    )
+
+
 def grade_all(
     chapter: Chapter,
     submissions: list[Submission],
@@ -249,11 +280,16 @@ def grade_all(
     lock = threading.Lock()
     finished: list[Graded] = []
     stopping.clear()  # a new batch in this process (an earlier one may have been interrupted)
+    try:
+        keys = answer_keys(chapter, options)
+    except KeyboardInterrupt:
+        stop_all()
+        raise Interrupted([]) from None
     with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch_root:
 
         def one(sub: Submission) -> Graded:
             try:
-                graded = grade_submission(chapter, sub, options, Path(scratch_root))
+                graded = grade_submission(chapter, sub, options, Path(scratch_root), keys)
             except Exception as error:  # a grader problem must not stop the class
                 message = f"the grader could not grade this submission: {error!r}"
                 stages = select_stages(chapter, options.only)
@@ -387,13 +423,18 @@ def run(args, chapter: Chapter, console) -> int:
         only=only,
     )
     console.print(
-        f"Grading {len(submissions)} submission(s) of {chapter.name}, {args.jobs} at a time",
+        f"Grading {len(submissions)} submission(s) of {chapter.name}, {args.jobs} at a time "
+        "(the first batch of this version of the tests first makes the stages' answer keys from "
+        "the reference: about twice the time of grading the reference once)",
         style="bold",
+        markup=False,
     )
 
     def done(g: Graded, count: int, total: int) -> None:
         flags = sum(len(s.flags) for s in g.result.stages)
         note = f", {flags} integrity flag(s)" if flags else ""
+        overridden = sum(s.verdicts.overridden for s in g.result.stages if s.verdicts)
+        note += f", {overridden} reported pass(es) refused by the grader" if overridden else ""
         console.print(
             f"[{count}/{total}] {g.learner}: {g.result.score:g} / {g.result.max_score} "
             f"({g.result.seconds:.1f} s{note})",

@@ -24,6 +24,11 @@ Schema ``llmfs-grader/1`` (one JSON object; seconds are wall-clock floats)::
                                             # grader/guard.py): a flagged stage scores 0
           "warnings": [],                   # shown only, e.g. a forbidden API in a learner's
                                             # run (grader/forbidden.py)
+          "verdicts": null,                 # learner's run: the stage's process decided; an
+                                            # instructor's run: {"by": "grader", "total": 15,
+                                            # "verified": 9, "overridden": 0} (grader/verdicts.py:
+                                            # tests compared with the reference's values, and
+                                            # reported passes the grader refused)
           "points": 10, "score": 10.0,
           "tests_passed": 12, "tests_total": 12, "seconds": 2.4,
           "message": "",                    # the first problem, one or two sentences
@@ -91,6 +96,7 @@ def stage_dict(stage: StageResult) -> dict[str, Any]:
         "hidden_excluded": stage.hidden_excluded,
         "flags": list(stage.flags),
         "warnings": list(stage.warnings),
+        "verdicts": None if stage.verdicts is None else {"by": "grader", **vars(stage.verdicts)},
         "points": stage.points,
         "score": stage.score,
         "tests_passed": stage.passed,
