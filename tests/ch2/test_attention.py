@@ -21,7 +21,15 @@ from tests.ch2.oracles import (
     submodule,
     unpack_attention,
 )
-from tests.helpers import Mistake, check, check_close, check_equal, check_raises, check_shape
+from tests.helpers import (
+    Mistake,
+    check,
+    check_close,
+    check_equal,
+    check_raises,
+    check_shape,
+    fill_parameters,
+)
 
 attention = load("ch2.attention")
 
@@ -203,7 +211,7 @@ def test_mha_projections():
 @pytest.mark.parametrize("bias", [True, False])
 def test_mha_matches_torch_self_attention(bias):
     """Self-attention with a causal mask and key padding equals nn.MultiheadAttention with the same weights."""
-    ours = attention.MultiHeadAttention(16, 4, dropout=0.2, bias=bias).eval()
+    ours = fill_parameters(attention.MultiHeadAttention(16, 4, dropout=0.2, bias=bias).eval())
     theirs = nn.MultiheadAttention(16, 4, dropout=0.2, bias=bias, batch_first=True).eval()
     copy_attention(ours, theirs, MHA)
     x = torch.randn(3, 6, 16)
@@ -229,7 +237,7 @@ def test_mha_matches_torch_self_attention(bias):
 
 def test_mha_matches_torch_cross_attention():
     """Cross-attention (queries and keys of different lengths) equals nn.MultiheadAttention."""
-    ours = attention.MultiHeadAttention(24, 3)
+    ours = fill_parameters(attention.MultiHeadAttention(24, 3))
     theirs = nn.MultiheadAttention(24, 3, batch_first=True)
     copy_attention(ours, theirs, MHA)
     query, memory = torch.randn(2, 5, 24), torch.randn(2, 7, 24)
@@ -249,7 +257,7 @@ def test_mha_matches_torch_cross_attention():
 
 def test_mha_fully_masked_query_is_not_nan():
     """A query with every key masked gives zero weights and finite outputs and gradients."""
-    mha = attention.MultiHeadAttention(16, 4)
+    mha = fill_parameters(attention.MultiHeadAttention(16, 4))
     x = torch.randn(2, 5, 16, requires_grad=True)
     keep = key_padding([5, 0], 5)  # batch element 1 is all padding
     out, weights = _mha(mha, x, x, x, keep[:, None, None, :])
@@ -272,7 +280,7 @@ def test_mha_fully_masked_query_is_not_nan():
 
 def test_mha_padded_keys_change_nothing():
     """Appending padded keys (masked out) leaves the output exactly as it was."""
-    mha = attention.MultiHeadAttention(16, 4)
+    mha = fill_parameters(attention.MultiHeadAttention(16, 4))
     query, memory = torch.randn(2, 4, 16), torch.randn(2, 5, 16)
     padded = torch.cat([memory, 100 * torch.randn(2, 3, 16)], dim=1)  # 3 junk keys
     out, _ = _mha(mha, query, memory, memory)
@@ -282,7 +290,7 @@ def test_mha_padded_keys_change_nothing():
 
 def test_mha_causal_outputs_ignore_the_future():
     """With a causal mask, the output at position t does not change when inputs after t change."""
-    mha = attention.MultiHeadAttention(16, 2)
+    mha = fill_parameters(attention.MultiHeadAttention(16, 2))
     x = torch.randn(1, 8, 16)
     changed = x.clone()
     changed[:, 5:] = torch.randn(1, 3, 16)

@@ -18,7 +18,15 @@ from tests.ch2.oracles import (
     randomize_layernorm,
     submodule,
 )
-from tests.helpers import Mistake, check, check_close, check_equal, check_raises, check_shape
+from tests.helpers import (
+    Mistake,
+    check,
+    check_close,
+    check_equal,
+    check_raises,
+    check_shape,
+    fill_parameters,
+)
 
 block = load("ch2.block")
 attention = load("ch2.attention")
@@ -56,7 +64,7 @@ def test_layernorm_matches_torch():
     ours = block.LayerNorm(16)
     check_close(ours.weight, torch.ones(16), "LayerNorm.weight at initialisation", LN)
     check_close(ours.bias, torch.zeros(16), "LayerNorm.bias at initialisation", LN)
-    randomize_layernorm(ours)
+    fill_parameters(ours)  # non-trivial weight and bias, the same for every correct tree
     theirs = nn.LayerNorm(16)
     copy_weight_and_bias(ours, theirs)
     x = 3 * torch.randn(2, 5, 16) + 1
@@ -115,7 +123,7 @@ def test_positional_encoding_rejects_odd_d_model():
 
 def test_feedforward():
     """FeedForward is linear2(relu(linear1(x))) with linear1: d_model -> d_ff, linear2: d_ff -> d_model."""
-    ff = block.FeedForward(8, 32)
+    ff = fill_parameters(block.FeedForward(8, 32))
     linear1, linear2 = submodule(ff, "linear1", FF), submodule(ff, "linear2", FF)
     check(
         isinstance(linear1, nn.Linear) and tuple(linear1.weight.shape) == (32, 8),
@@ -181,7 +189,7 @@ def _swapped(norm_first: bool, output: torch.Tensor) -> Mistake:
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_encoder_block_matches_torch(norm_first):
     """EncoderBlock equals nn.TransformerEncoderLayer with the same weights, with source padding."""
-    ours = block.EncoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
+    ours = fill_parameters(block.EncoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first))
     _randomize(ours, decoder=False)
     theirs = _torch_layer(ours, 16, 32, norm_first, decoder=False)
     other = _torch_layer(ours, 16, 32, not norm_first, decoder=False)
@@ -205,7 +213,7 @@ def test_encoder_block_matches_torch(norm_first):
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_decoder_block_matches_torch(norm_first):
     """DecoderBlock equals nn.TransformerDecoderLayer with the same weights, causal and padding masks."""
-    ours = block.DecoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first)
+    ours = fill_parameters(block.DecoderBlock(16, 4, 32, dropout=0.1, norm_first=norm_first))
     _randomize(ours, decoder=True)
     theirs = _torch_layer(ours, 16, 32, norm_first, decoder=True)
     other = _torch_layer(ours, 16, 32, not norm_first, decoder=True)
@@ -238,7 +246,7 @@ def test_decoder_block_matches_torch(norm_first):
 
 def test_decoder_block_is_causal():
     """With a causal tgt_mask, the decoder block's output at t ignores target inputs after t."""
-    dec = block.DecoderBlock(16, 4, 32).eval()
+    dec = fill_parameters(block.DecoderBlock(16, 4, 32).eval())
     x, memory = torch.randn(2, 6, 16), torch.randn(2, 4, 16)
     changed = x.clone()
     changed[:, 3:] = torch.randn(2, 3, 16)

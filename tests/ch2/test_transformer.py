@@ -12,7 +12,16 @@ import torch
 
 from grader.tree import load
 from tests.ch2.oracles import submodule
-from tests.helpers import Mistake, check, check_close, check_raises, check_shape, fail
+from tests.helpers import (
+    Mistake,
+    check,
+    check_close,
+    check_equal,
+    check_raises,
+    check_shape,
+    fail,
+    fill_parameters,
+)
 
 transformer = load("ch2.transformer")
 attention = load("ch2.attention")
@@ -29,8 +38,9 @@ SRC_V, TGT_V = 11, 13
 
 
 def small_model(n_layers: int = 2, max_len: int = 12) -> torch.nn.Module:
-    """A small random Transformer in eval mode (dropout would be off anyway)."""
-    return transformer.Transformer(
+    """A small Transformer in eval mode (dropout would be off anyway), its weights filled by
+    name (``fill_parameters``) so that every correct tree expects the same values."""
+    model = transformer.Transformer(
         SRC_V,
         TGT_V,
         d_model=32,
@@ -41,6 +51,7 @@ def small_model(n_layers: int = 2, max_len: int = 12) -> torch.nn.Module:
         dropout=0.1,
         pad_id=PAD,
     ).eval()
+    return fill_parameters(model)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,11 +292,11 @@ def test_greedy_decode_follows_the_argmax():
         while ys.size(1) < 8 and ys[0, -1] != EOS:
             next_id = model(src[b : b + 1], ys)[:, -1].argmax(-1, keepdim=True)
             ys = torch.cat([ys, next_id], dim=1)
-        row = got[b, : ys.size(1)]
-        check(
-            torch.equal(row, ys[0]),
-            f"greedy_decode row {b} should be {ys[0].tolist()} (argmax of the last position's "
-            f"logits at each step), got {got[b].tolist()}. Look at {GREEDY}.",
+        check_equal(
+            got[b, : ys.size(1)].tolist(),
+            ys[0].tolist(),
+            f"greedy_decode's row {b} (the argmax of the last position's logits at each step)",
+            GREEDY,
         )
 
 
