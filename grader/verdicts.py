@@ -199,6 +199,12 @@ def _disagreement(test_key: TestKey, got: list[dict[str, Any]]) -> str | None:
 
 def agree(kind: str, got: Any, expected: Any, tolerance: dict[str, Any]) -> bool:
     """The grader's own comparison of two encoded values (its torch, its code)."""
+    if kind in (checks.BELOW, checks.AT_LEAST):
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (got, expected)
+        ):
+            return False
+        return got < expected if kind == checks.BELOW else got >= expected
     if kind != checks.CLOSE or not _is_tensor(got) or not _is_tensor(expected):
         return got == expected
     import torch

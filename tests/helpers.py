@@ -42,6 +42,21 @@ def check(condition: bool, message: str) -> None:
         raise LearnerFailure(message)
 
 
+def check_below(value: float, limit: float, message: str) -> None:
+    """Fail with ``message`` unless ``value < limit`` (a loss under its bar); the grader compares
+    the number itself, where ``check(value < limit, ...)`` would leave it to the process."""
+    recorded.record(recorded.BELOW, float(value), float(limit))
+    if not float(value) < float(limit):
+        raise LearnerFailure(message)
+
+
+def check_at_least(value: float, floor: float, message: str) -> None:
+    """Fail with ``message`` unless ``value >= floor`` (an accuracy over its bar)."""
+    recorded.record(recorded.AT_LEAST, float(value), float(floor))
+    if not float(value) >= float(floor):
+        raise LearnerFailure(message)
+
+
 def check_shape(got: torch.Tensor, expected: Sequence[int], what: str, where: str) -> None:
     recorded.record(recorded.SHAPE, _shape_of(got), tuple(expected))
     _check_shape(got, expected, what, where)

@@ -11,7 +11,7 @@ import torch
 from grader import artifacts
 from grader.tasks import ch2 as task
 from grader.tree import load
-from tests.helpers import check
+from tests.helpers import check_at_least, check_below
 
 transformer = load("ch2.transformer")
 
@@ -30,8 +30,9 @@ def test_translates_numbers_it_never_saw():
     artifacts.save("e2e", {"title": "Your Transformer, trained from scratch", "losses": losses})
 
     start, end = sum(losses[:20]) / 20, sum(losses[-50:]) / 50
-    check(
-        end < 0.1,
+    check_below(
+        end,
+        0.1,
         f"the training loss should fall below 0.1, but it went from {start:.2f} to {end:.2f} "
         f"(average of the last 50 of {config.steps} steps). Every earlier stage passes, so look "
         f"for what only training shows: gradients that do not flow (a .detach(), a tensor "
@@ -60,8 +61,9 @@ def test_translates_numbers_it_never_saw():
             "losses": losses,
         },
     )
-    check(
-        accuracy >= 0.9,
+    check_at_least(
+        accuracy,
+        0.9,
         f"greedy_decode should translate at least 90% of {len(test_numbers)} unseen numbers "
         f"exactly, got {accuracy:.0%} with a final training loss of {end:.3f}; for example "
         f"{'; '.join(wrong[:3])}. The loss is low, so look at greedy_decode in "

@@ -14,7 +14,7 @@ import pytest
 from grader import artifacts
 from grader.tasks import ch3 as recipe
 from grader.tree import REPO_ROOT, load
-from tests.helpers import check, check_equal
+from tests.helpers import check, check_at_least, check_below, check_equal
 
 ALL = "ch3/tokenizer.py, gpt.py, data.py, trainer.py and sampling.py (all earlier stages pass?)"
 
@@ -71,8 +71,9 @@ def test_gpt_learns_the_structure_of_the_corpus(trained):
     artifacts.save("e2e", result)
     baseline = recipe.unigram_baseline(recipe.corpus_text())
     print(f"validation loss {val_loss:.3f} nats/char, unigram baseline {baseline:.3f}")
-    check(
-        val_loss < 0.5 * baseline,
+    check_below(
+        val_loss,
+        0.5 * baseline,
         f"after {recipe.TRAIN['max_steps']} steps the validation loss should be below half the "
         f"unigram baseline ({0.5 * baseline:.3f} nats per character; a model that learned "
         f"nothing but letter frequencies gets {baseline:.3f}), got {val_loss:.3f}. Look at {ALL}.",
@@ -82,8 +83,9 @@ def test_gpt_learns_the_structure_of_the_corpus(trained):
     rate = corpus.word_rate(" ".join(texts))
     artifacts.save("e2e", result | {"sample": "the " + texts[0]})
     print(f"share of generated words in the corpus vocabulary: {rate:.3f}")
-    check(
-        rate >= 0.9,
+    check_at_least(
+        rate,
+        0.9,
         f"at least 90% of the generated words should be words of the corpus, got {rate:.0%}: "
         f"{texts[0][:120]!r}. Look at {ALL}.",
     )

@@ -112,6 +112,25 @@ def test_a_condition_must_be_true_and_kinds_must_match():
     assert "not 'true'" in judge(result_of(passed("a")), key, other_kind).tests[0].message
 
 
+def test_a_number_is_held_to_the_reference_limit():
+    """check_below (a loss) and check_at_least (an accuracy): the grader compares the number."""
+    key = key_of(
+        TestKey("t.py::a", (CheckKey(checks.BELOW, 1.0, stable=True),)),
+        TestKey("t.py::b", (CheckKey(checks.AT_LEAST, 0.9, stable=True),)),
+    )
+    good = {
+        "a": [sent("t.py::a", 0, "below", 0.5, 1.0)],
+        "b": [sent("t.py::b", 0, "at least", 0.9, 0.9)],
+    }
+    assert judge(result_of(passed("a"), passed("b")), key, good).status == PASSED
+    raised_bar = {
+        "a": [sent("t.py::a", 0, "below", 1.5, 2.0)],
+        "b": [sent("t.py::b", 0, "at least", 0.5, 0.1)],
+    }
+    judged = judge(result_of(passed("a"), passed("b")), key, raised_bar)
+    assert [t.status for t in judged.tests] == [FAILED, FAILED]
+
+
 def test_skipped_and_missing_tests_count_as_failed_and_the_total_comes_from_the_key():
     key = key_of(TestKey("t.py::a", ()), TestKey("t.py::b", ()), TestKey("t.py::c", ()))
     reported = result_of(passed("a"), TestResult("t.py::b", "b", SKIPPED), passed("extra"))
