@@ -33,9 +33,10 @@ EQUAL = "equal"  # any value: equal encodings
 SHAPE = "shape"  # a tensor's shape (or the type it had instead)
 TRUE = "true"  # a condition the test computed: must be true
 RAISES = "raises"  # the exception that came out (its class name, or "nothing")
+SAME = "same"  # tensors: the same dtype, shape and values, exactly (torch.equal)
 BELOW = "below"  # a number (a loss): strictly below the expected limit
 AT_LEAST = "at least"  # a number (an accuracy): at least the expected floor
-KINDS = (CLOSE, EQUAL, SHAPE, TRUE, RAISES, BELOW, AT_LEAST)
+KINDS = (CLOSE, EQUAL, SAME, SHAPE, TRUE, RAISES, BELOW, AT_LEAST)
 
 _state: dict[str, Any] = {"nodeid": None, "n": 0, "file": None}
 

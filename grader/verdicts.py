@@ -205,6 +205,12 @@ def agree(kind: str, got: Any, expected: Any, tolerance: dict[str, Any]) -> bool
         ):
             return False
         return got < expected if kind == checks.BELOW else got >= expected
+    if kind == checks.SAME and _is_tensor(got) and _is_tensor(expected):
+        try:  # torch.equal's rule: the same shape and values, whatever the dtypes
+            a, b = checks.decode_tensor(got), checks.decode_tensor(expected)
+            return a.shape == b.shape and bool((a.double() == b.double()).all())
+        except (ValueError, RuntimeError, KeyError, TypeError):
+            return False
     if kind != checks.CLOSE or not _is_tensor(got) or not _is_tensor(expected):
         return got == expected
     import torch

@@ -42,6 +42,18 @@ def check(condition: bool, message: str) -> None:
         raise LearnerFailure(message)
 
 
+def check_same(got: torch.Tensor, expected: torch.Tensor, message: str) -> None:
+    """Fail with ``message`` unless ``torch.equal(got, expected)``: exactly the same tensor (the
+    grader compares the two itself)."""
+    recorded.record(recorded.SAME, got, expected)
+    if not (
+        isinstance(got, torch.Tensor)
+        and isinstance(expected, torch.Tensor)
+        and torch.equal(got, expected)
+    ):
+        raise LearnerFailure(message)
+
+
 def check_below(value: float, limit: float, message: str) -> None:
     """Fail with ``message`` unless ``value < limit`` (a loss under its bar); the grader compares
     the number itself, where ``check(value < limit, ...)`` would leave it to the process."""

@@ -27,6 +27,7 @@ from tests.helpers import (
     check_close,
     check_equal,
     check_raises,
+    check_same,
     check_shape,
     fill_parameters,
 )
@@ -72,8 +73,9 @@ def _mha_mistakes(module, n_heads, query, key, value, mask=None):
 
 def _check_deterministic_in_eval(module, query, key, value, mask, first_output):
     again, _ = _mha(module, query, key, value, mask)
-    check(
-        torch.equal(again, first_output),
+    check_same(
+        again,
+        first_output,
         f"two calls in eval mode gave different outputs: dropout must be off in eval "
         f"(dropout_p = self.dropout if self.training else 0.0). Look at {MHA_FWD}.",
     )
@@ -156,8 +158,9 @@ def test_causal_mask():
     check_shape(mask, (5, 5), "causal_mask(5)", where)
     check_equal(mask.dtype, torch.bool, "causal_mask's dtype", where)
     expected = torch.tensor([[j <= i for j in range(5)] for i in range(5)])
-    check(
-        torch.equal(mask, expected),
+    check_same(
+        mask,
+        expected,
         f"causal_mask(5) should let query i see keys 0..i (True on and below the diagonal), "
         f"got\n{mask.int()}. Look at {where}.",
     )
@@ -170,13 +173,15 @@ def test_padding_mask():
     mask = attention.padding_mask(ids, pad_id=0)
     check_shape(mask, (2, 1, 1, 5), "padding_mask of (2, 5) ids", where)
     check_equal(mask.dtype, torch.bool, "padding_mask's dtype", where)
-    check(
-        torch.equal(mask[:, 0, 0], ids != 0),
+    check_same(
+        mask[:, 0, 0],
+        ids != 0,
         f"padding_mask should be True where ids != pad_id, got {mask[:, 0, 0].int().tolist()} "
         f"for ids {ids.tolist()}. Look at {where}.",
     )
-    check(
-        torch.equal(attention.padding_mask(ids, pad_id=5)[:, 0, 0], ids != 5),
+    check_same(
+        attention.padding_mask(ids, pad_id=5)[:, 0, 0],
+        ids != 5,
         f"padding_mask should use its pad_id argument, not a fixed id. Look at {where}.",
     )
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grader.tree import load
-from tests.helpers import Mistake, check, check_equal, fail, fail_if_mistake
+from tests.helpers import Mistake, check, check_equal, check_same, fail, fail_if_mistake
 
 data = load("ch3.data")
 
@@ -59,8 +59,9 @@ def check_batch(x, y, batch_size, block_size, where):
             f"{name} should have shape (batch_size, block_size) = {(batch_size, block_size)}, "
             f"got {tuple(t.shape)}. Look at {where}.",
         )
-    check(
-        torch.equal(y[:, :-1], x[:, 1:]),
+    check_same(
+        y[:, :-1],
+        x[:, 1:],
         f"y should be x shifted by one token (y[:, t] == x[:, t + 1]), got x[0] = "
         f"{x[0].tolist()} and y[0] = {y[0].tolist()}. Look at {where}.",
     )
@@ -83,8 +84,9 @@ def test_batches_are_windows_shifted_by_one():
     for x, y in batches(train)[:5] + batches(val)[:1]:
         check_batch(x, y, batch_size, block_size, WHERE)
         # With position ids, a contiguous window reads consecutive positions.
-        check(
-            torch.equal(x[:, 1:] - x[:, :-1], torch.ones_like(x[:, 1:])),
+        check_same(
+            x[:, 1:] - x[:, :-1],
+            torch.ones_like(x[:, 1:]),
             f"each row of x should be consecutive tokens of the text, got {x[0].tolist()}. "
             f"Look at {WHERE}.",
         )
@@ -299,8 +301,9 @@ def test_memmap_loaders_read_windows_without_leakage(tmp_path):
     again, _ = data.memmap_dataloaders(
         path, block_size=16, batch_size=4, seed=5, samples_per_epoch=400
     )
-    check(
-        torch.equal(next(iter(again))[0], x),
+    check_same(
+        next(iter(again))[0],
+        x,
         f"the same seed should give the same batches. Look at {where}.",
     )
     try:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from grader.tree import load
-from tests.helpers import Mistake, check, check_equal, check_raises, fail
+from tests.helpers import Mistake, check, check_equal, check_raises, check_same, fail
 
 sampling = load("ch3.sampling")
 generate = sampling.generate
@@ -206,13 +206,15 @@ def test_filter_logits_masks_with_minus_infinity():
     logits = torch.tensor([[0.5, 2.0, -1.0, 1.5], [3.0, 0.0, 1.0, 2.0]])
     got = sampling.filter_logits(logits, top_k=2)
     want = torch.tensor([[-math.inf, 2.0, -math.inf, 1.5], [3.0, -math.inf, -math.inf, 2.0]])
-    check(
-        torch.equal(got, want),
+    check_same(
+        got,
+        want,
         f"filter_logits(top_k=2) should give {want.tolist()}, got {got.tolist()}. Look at "
         f"ch3/sampling.py, filter_logits.",
     )
-    check(
-        torch.equal(logits[0], torch.tensor([0.5, 2.0, -1.0, 1.5])),
+    check_same(
+        logits[0],
+        torch.tensor([0.5, 2.0, -1.0, 1.5]),
         "filter_logits changed its input in place; return a new tensor. Look at "
         "ch3/sampling.py, filter_logits.",
     )
@@ -241,8 +243,9 @@ def test_temperature_zero_is_greedy():
         want = greedy_reference(table, prompt[row].tolist(), 12, 32, first=False)
         check_equal(out[row].tolist(), want, f"greedy output of row {row}", WHERE)
     again = generate(model, prompt, 12, temperature=0.0, top_k=3, top_p=0.5)
-    check(
-        torch.equal(again, out),
+    check_same(
+        again,
+        out,
         f"greedy decoding should not depend on top_k/top_p. Look at {WHERE}.",
     )
 
@@ -292,15 +295,16 @@ def test_seeded_runs_repeat_exactly():
         return generate(model, idx, 30, generator=torch.Generator().manual_seed(seed), **kw)
 
     a, b, c = run(7), run(7), run(8)
-    check(torch.equal(a, b), f"two runs with the same seed gave different tokens. Look at {WHERE}.")
+    check_same(a, b, f"two runs with the same seed gave different tokens. Look at {WHERE}.")
     check(not torch.equal(a, c), f"seeds 7 and 8 gave the same 60 tokens. Look at {WHERE}.")
-    check(
-        torch.equal(run(7, top_k=10, top_p=0.9), run(7, top_k=10, top_p=0.9)),
+    check_same(
+        run(7, top_k=10, top_p=0.9),
+        run(7, top_k=10, top_p=0.9),
         f"seeded runs with top_k and top_p should repeat. Look at {WHERE}.",
     )
     check_equal(tuple(a.shape), (2, 33), "the output shape for idx (2, 3) and 30 new tokens", WHERE)
     check(a.dtype == torch.long, f"the output should be int64, got {a.dtype}. Look at {WHERE}.")
-    check(torch.equal(a[:, :3], idx), f"the output should start with the prompt. Look at {WHERE}.")
+    check_same(a[:, :3], idx, f"the output should start with the prompt. Look at {WHERE}.")
 
 
 def test_eval_mode_while_generating():

@@ -15,7 +15,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from grader.tree import load
-from tests.helpers import Mistake, check, check_close, check_equal, fail, fail_if_mistake
+from tests.helpers import (
+    Mistake,
+    check,
+    check_close,
+    check_equal,
+    check_same,
+    fail,
+    fail_if_mistake,
+)
 
 trainer_mod = load("ch3.trainer")
 GPTTrainer = trainer_mod.GPTTrainer
@@ -511,7 +519,7 @@ def test_settings_are_one_config_and_the_constructor_leaves_the_rng_alone():
     model, train = TinyLM(), loader(4)
     state = torch.get_rng_state()
     by_config = make(model, train, config=config)
-    check(torch.equal(torch.get_rng_state(), state), "GPTTrainer(...) must not seed the RNG")
+    check_same(torch.get_rng_state(), state, "GPTTrainer(...) must not seed the RNG")
     by_keywords = make(learning_rate=2e-3, max_steps=50, warmup_steps=5)
     check_equal(by_config.config, by_keywords.config, "the config", "GPTTrainer.__init__")
     check_equal(by_config.config.min_lr, 2e-4, "the default min_lr", "GPTTrainer.__init__")

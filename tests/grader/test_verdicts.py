@@ -131,6 +131,15 @@ def test_a_number_is_held_to_the_reference_limit():
     assert [t.status for t in judged.tests] == [FAILED, FAILED]
 
 
+def test_same_tensors_follow_torch_equal():
+    ids = torch.tensor([1, 2, 3])
+    key = key_of(TestKey("t.py::a", (CheckKey(checks.SAME, checks.encode(ids), stable=True),)))
+    as_int32 = {"a": [sent("t.py::a", 0, "same", ids.int(), ids)]}
+    assert judge(result_of(passed("a")), key, as_int32).status == PASSED
+    other = {"a": [sent("t.py::a", 0, "same", ids + 1, ids + 1)]}
+    assert judge(result_of(passed("a")), key, other).status == FAILED
+
+
 def test_skipped_and_missing_tests_count_as_failed_and_the_total_comes_from_the_key():
     key = key_of(TestKey("t.py::a", ()), TestKey("t.py::b", ()), TestKey("t.py::c", ()))
     reported = result_of(passed("a"), TestResult("t.py::b", "b", SKIPPED), passed("extra"))
