@@ -319,6 +319,25 @@ def check_input(x):
         raise ValueError("negative")
 """
 
+SWAPS_THE_TESTS = (
+    STUBS
+    + """
+import sys, threading, time
+
+def _swap():  # once the test module has its tests, make every one of them do nothing
+    for _ in range(500):
+        for module in list(sys.modules.values()):
+            tests = [getattr(module, n) for n in dir(module) if n.startswith("test_")]
+            if str(getattr(module, "__file__", "")).endswith("test_fake.py") and len(tests) == 4:
+                for test in tests:
+                    test.__code__ = (lambda: None).__code__
+                return
+        time.sleep(0.01)
+
+threading.Thread(target=_swap, daemon=True).start()
+"""
+)
+
 DROPS_HIDDEN = "import os\n\nos.environ['GRADER_HIDDEN'] = '0'\n" + REFERENCE
 
 LEARNERS = {
@@ -327,6 +346,7 @@ LEARNERS = {
     "forges_results": (FORGE_RESULTS, 0),
     "patches_comparisons": (PATCHED_COMPARISONS, 2),
     "skips": (SKIPS, 2),
+    "swaps_the_tests": (SWAPS_THE_TESTS, 0),
     "drops_hidden": (DROPS_HIDDEN, 3),
 }
 
@@ -360,6 +380,7 @@ def test_hostile_submissions_earn_only_what_they_did(graded, learner):
 def test_forged_passes_are_refused_and_said(graded):
     stages = graded[0]
     assert stages["forges_results"].verdicts.overridden >= 3
+    assert stages["swaps_the_tests"].verdicts.overridden == 4  # passed, with no checks made
     assert stages["patches_comparisons"].verdicts.overridden == 2  # test_scale, test_hidden
     assert any("overrode" in w for w in stages["patches_comparisons"].warnings)
     assert stages["honest"].verdicts.overridden == 0 and stages["honest"].score == 10.0
