@@ -42,6 +42,14 @@ def check(condition: bool, message: str) -> None:
         raise LearnerFailure(message)
 
 
+def check_matches(got: object, expected: object, message: str) -> None:
+    """Fail with ``message`` unless ``got == expected`` (the grader compares the two itself);
+    ``check_equal`` when its standard sentence fits, this when the message must say more."""
+    recorded.record(recorded.EQUAL, got, expected)
+    if got != expected:
+        raise LearnerFailure(message)
+
+
 def check_same(got: torch.Tensor, expected: torch.Tensor, message: str) -> None:
     """Fail with ``message`` unless ``torch.equal(got, expected)``: exactly the same tensor (the
     grader compares the two itself)."""

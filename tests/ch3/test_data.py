@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from grader.tree import load
-from tests.helpers import Mistake, check, check_equal, check_same, fail, fail_if_mistake
+from tests.helpers import (
+    Mistake,
+    check,
+    check_equal,
+    check_raises,
+    check_same,
+    fail,
+    fail_if_mistake,
+)
 
 data = load("ch3.data")
 
@@ -238,11 +246,8 @@ def test_real_text_windows_decode_to_the_text():
 )
 def test_bad_input_is_a_clear_error(n, kwargs, why):
     """Text too short for a window, or a split outside (0, 1), raises ValueError."""
-    try:
+    with check_raises(ValueError, f"create_dataloaders with {why}", WHERE):
         data.create_dataloaders("." * n, PositionTokenizer(n), **kwargs)
-    except ValueError:
-        return
-    fail(f"create_dataloaders should raise ValueError for {why}, but it did not. Look at {WHERE}.")
 
 
 def test_prepare_writes_uint16_token_ids(tmp_path):

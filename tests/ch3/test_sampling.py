@@ -338,11 +338,8 @@ def test_invalid_arguments_raise_value_error(kwargs, what):
     """Arguments out of range raise ValueError instead of sampling garbage."""
     args = {"idx": torch.zeros(1, 1, dtype=torch.long), "max_new_tokens": 2}
     args.update(kwargs)
-    try:
+    with check_raises(ValueError, f"generate with {what}", WHERE):
         generate(FixedLogits(LOGITS), **args)
-    except ValueError:
-        return
-    fail(f"generate should raise ValueError for {what}, but it did not. Look at {WHERE}.")
 
 
 @pytest.mark.hidden
