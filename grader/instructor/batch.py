@@ -280,6 +280,8 @@ def grade_all(
     lock = threading.Lock()
     finished: list[Graded] = []
     stopping.clear()  # a new batch in this process (an earlier one may have been interrupted)
+    if not submissions:
+        return []
     try:
         keys = answer_keys(chapter, options)
     except KeyboardInterrupt:
