@@ -20,6 +20,7 @@ import threading
 from . import learner, manifest
 from .runner import Sandbox, grade, select_stages, stop_all
 from .sandbox import availability, for_learner
+from .server import learner_sandbox
 from .statuses import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HIDDEN_ENV
 from .tree import UsageError, resolve_tree
 from .ui import LiveProgress, make_console, render, render_list
@@ -165,7 +166,7 @@ def _grade(args: argparse.Namespace, chapter: manifest.Chapter, console) -> int:
     if only is not None and args.all:
         raise UsageError("--all and a single stage cannot be used together")
     select_stages(chapter, only)  # an unknown stage is a usage error before anything runs
-    sandbox = Sandbox(prefix=for_learner())
+    sandbox = learner_sandbox(args.tree) if not args.hidden else Sandbox(prefix=for_learner())
     keys = {}
     if args.hidden:  # an instructor's run: every test, verdicts decided by the grader
         os.environ[HIDDEN_ENV] = "1"  # the stage subprocesses inherit it

@@ -33,8 +33,8 @@ from . import artifacts, manifest, progress, stubs
 from .manifest import Chapter, Stage
 from .progress import Progress
 from .results import ChapterResult, StageResult
-from .runner import Sandbox, run_stage, select_stages
-from .sandbox import for_learner
+from .runner import run_stage, select_stages
+from .server import learner_sandbox
 from .statuses import EXIT_OK, LOCKED, NOT_RUN, PASSED
 from .tree import UsageError, resolve_tree
 from .ui import (
@@ -355,7 +355,7 @@ StageRunner = Callable[[Chapter, Stage, str, LiveProgress], StageResult]
 
 def run_live(chapter: Chapter, stage: Stage, tree: str, live: LiveProgress) -> StageResult:
     """Run the stage, telling ``live`` about every test that finishes."""
-    return run_stage(chapter, stage, tree, listener=live, sandbox=Sandbox(prefix=for_learner()))
+    return run_stage(chapter, stage, tree, listener=live, sandbox=learner_sandbox(tree))
 
 
 def grade_stage(

@@ -22,19 +22,22 @@ and hear about progress through a :class:`Listener`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .artifacts import ARTIFACTS_ENV
 from .checks import CHECKS_ENV
 from .events import StageEvents, Stop
 from .forbidden import env as forbidden_env
@@ -82,6 +85,9 @@ class Sandbox:
     env: Mapping[str, str] = field(default_factory=dict)
     prefix: tuple[str, ...] = ()
     pytest_args: tuple[str, ...] = ()
+    # A stage server for the tree (grader/server.py: a learner's runs), used where it can run the
+    # stage; the stage runs as a fresh subprocess where it cannot.
+    server: Any = None
 
 
 # -- one stage ------------------------------------------------------------------------------
@@ -174,6 +180,9 @@ def stop_all() -> None:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.pid is None:  # a stage on the stage server: its handler kills the group
+        proc.kill()
+        return
     try:
         if hasattr(os, "killpg"):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -272,27 +281,34 @@ def run_stage(
 
     start = time.monotonic()
     events = StageEvents()
-    with tempfile.TemporaryDirectory(prefix="grader-") as tmp:
-        results = Path(tmp) / "results.jsonl"
-        log_path = Path(tmp) / "pytest.log"
-        checks_path = Path(tmp) / "checks.jsonl"
+    server = sandbox.server if _servable(stage, repo_root, python, sandbox) else None
+    with _stage_folder(server) as tmp:
+        results = tmp / "results.jsonl"
+        log_path = tmp / "pytest.log"
+        checks_path = tmp / "checks.jsonl"
         trusted = (
             {CHECKS_ENV: str(checks_path), HIDDEN_ENV: "1" if key.hidden else "0"} if key else {}
         )
+        root = repo_root if sandbox.cwd is not None else None
+        command = [*pytest_command(stage, python, root), *sandbox.pytest_args]
+        env = (
+            stage_env(tree_value, results)
+            | forbidden_env(stage.forbidden)
+            | dict(sandbox.env)
+            | trusted
+        )
         with open(log_path, "wb") as log:
-            root = repo_root if sandbox.cwd is not None else None
-            proc = subprocess.Popen(
-                [*sandbox.prefix, *pytest_command(stage, python, root), *sandbox.pytest_args],
-                cwd=sandbox.cwd or repo_root,
-                env=stage_env(tree_value, results)
-                | forbidden_env(stage.forbidden)
-                | dict(sandbox.env)
-                | trusted,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=hasattr(os, "killpg"),
-            )
+            proc = _start_on_server(server, command, env, tmp, sandbox.cwd or repo_root)
+            if proc is None:
+                proc = subprocess.Popen(
+                    [*sandbox.prefix, *command],
+                    cwd=sandbox.cwd or repo_root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=hasattr(os, "killpg"),
+                )
             with _live_lock:
                 _live.add(proc)
             if stopping.is_set():  # stop_all ran while this one was starting
@@ -304,6 +320,8 @@ def run_stage(
                     _live.discard(proc)
         log_tail = _tail(log_path, _LOG_TAIL)
         records = read_checks(checks_path) if key else {}
+        if server is not None:
+            _hand_over_artifacts(tmp / "artifacts")
     result = events.result(
         fields,
         test_file=stage.tests,
@@ -316,6 +334,56 @@ def run_stage(
     if key is not None:
         result = judge(result, key, records)
     return _with_fitting_hint(result, stage)
+
+
+# -- the stage server (grader/server.py) ----------------------------------------------------
+
+
+def _servable(stage: Stage, repo_root: Path, python: str, sandbox: Sandbox) -> bool:
+    """The server can run this stage: the course's own tests, this Python, no wrapper."""
+    if sandbox.server is None or sandbox.cwd is not None or sandbox.pytest_args:
+        return False
+    tests = (repo_root / stage.tests).resolve()
+    visible = tests.is_relative_to(REPO_ROOT / "tests") or not sandbox.server.prefix
+    return python == sys.executable and visible  # a sandboxed server sees only the course's tests
+
+
+@contextlib.contextmanager
+def _stage_folder(server: Any) -> Iterator[Path]:
+    """Where a stage's files go: a temporary folder, or one inside the server's work folder
+    (the only one the sandboxed server can write)."""
+    if server is None:
+        with tempfile.TemporaryDirectory(prefix="grader-") as tmp:
+            yield Path(tmp)
+        return
+    folder = server.run_dir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_on_server(server: Any, command: list[str], env: dict[str, str], tmp: Path, cwd: Path):
+    """The stage started on the server, or None (no server: start a subprocess instead)."""
+    if server is None:
+        return None
+    env = env | server.private_env(tmp) | {ARTIFACTS_ENV: str(tmp / "artifacts")}
+    try:
+        if not server.ensure():
+            return None
+        return server.start(command[3:], env, cwd, tmp / "pytest.log")  # after "python -m pytest"
+    except (OSError, ValueError):
+        return None
+
+
+def _hand_over_artifacts(folder: Path) -> None:
+    """Copy what an e2e stage left in the server's folder to this run's artifacts folder."""
+    target = os.environ.get(ARTIFACTS_ENV)
+    if not target or not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        with contextlib.suppress(OSError):
+            shutil.copy2(path, Path(target) / path.name)
 
 
 def stage_fields(chapter: Chapter, stage: Stage) -> dict[str, Any]:

@@ -61,6 +61,15 @@ SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 INSIDE_UID = 65534  # nobody
 TMP = "/tmp"
 HOME = "/tmp/home"
+# What a stage's environment says inside the sandbox: a private HOME and temporary folder.
+PRIVATE_ENV = {
+    "HOME": HOME,
+    "TMPDIR": TMP,
+    "TMP": TMP,
+    "TEMP": TMP,
+    "XDG_CACHE_HOME": f"{HOME}/.cache",
+    "MPLCONFIGDIR": f"{HOME}/.matplotlib",
+}
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -132,15 +141,7 @@ def bwrap_command(
         if value and Path(value).exists():
             args += ["--bind", value, value]
     args += ["--dir", str(cwd), "--chdir", str(cwd), "--remount-ro", "/"]
-    private = {
-        "HOME": HOME,
-        "TMPDIR": TMP,
-        "TMP": TMP,
-        "TEMP": TMP,
-        "XDG_CACHE_HOME": f"{HOME}/.cache",
-        "MPLCONFIGDIR": f"{HOME}/.matplotlib",
-    }
-    for key, value in private.items():
+    for key, value in PRIVATE_ENV.items():
         args += ["--setenv", key, value]
     return [*args, "--", *command]
 

@@ -8,8 +8,14 @@ the ch2 e2e stage measured 58 ms/step on one thread against 600 ms/step on two u
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# The test suite leaves no stage server (grader/server.py) running behind it: every grading run it
+# makes starts its stages as plain subprocesses; tests/grader/test_server.py tests the server.
+os.environ.setdefault("GRADER_SERVER", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")
