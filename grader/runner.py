@@ -108,6 +108,10 @@ def pytest_command(
         "grader.plugin",
         "-p",
         "no:cacheprovider",
+        # pytest 9 collects garbage five times as the session ends, to report exceptions raised
+        # in __del__: with torch's heap that is 0.4-1.2 s per stage, for warnings no one reads.
+        "-p",
+        "no:unraisableexception",
         f"--timeout={stage.test_timeout:g}",
         "-q",
         "--tb=no",
