@@ -95,6 +95,8 @@ def load_hf_tokenizer(path: str | Path) -> HFTokenizer:
     """
     path = Path(path)
     if path.is_dir():
+        if (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+            raise ValueError(f"{path} has only a tokenizer.model: {SENTENCEPIECE} ({SUPPORTED})")
         path = path / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer at {path} (a Hugging Face tokenizer.json)")

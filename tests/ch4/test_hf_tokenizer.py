@@ -185,6 +185,9 @@ def test_what_is_not_supported_is_one_line_naming_the_file(case, tmp_path):
 def test_broken_files_are_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer at"):
         hf_tok.load_hf_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"\n\x0b")  # SentencePiece's own file
+    with pytest.raises(ValueError, match="has only a tokenizer.model: SentencePiece"):
+        hf_tok.load_hf_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="is not a tokenizer.json"):
         hf_tok.load_hf_tokenizer(tmp_path)
