@@ -579,6 +579,29 @@ CH4 = Chapter(
                 ),
             ),
         ),
+        Stage(
+            name="e2e",
+            title="Train your Llama with chapter 3's trainer, generate with the cache",
+            tests="tests/ch4/test_e2e.py",
+            files=("ch4/layers.py", "ch4/attention.py", "ch4/llama.py", "ch4/generate.py"),
+            doc="docs/chapter04/4_7_e2e.md",
+            hints=(
+                "Every earlier stage passes but the loss stays high? The recipe is chapter 3's "
+                "(grader/tasks/ch4.py trains your Llama with your ch3 trainer and data): check "
+                "that Llama.forward returns the mean cross-entropy over every position.",
+                Hint(
+                    "The cached text differs from the uncached one? Cache the keys after RoPE, feed "
+                    "each new token at start_pos = the number of tokens before it, and let a "
+                    "one-token query see every cached key (not is_causal=True).",
+                    tests=("test_cached_generation_equals_uncached",),
+                ),
+                "The stage trains 300 steps of a 2-layer Llama (about 10 s for the reference on 2 "
+                "idle cores): if yours is much slower, look for Python loops over tokens or heads.",
+            ),
+            points=20,
+            test_timeout=240.0,
+            time_limit=360.0,
+        ),
     ),
 )
 
