@@ -44,7 +44,7 @@ class KVCache:
         self.max_len = max_len
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'attention' not started: implement KVCache.__init__ in ch4/attention.py (read docs/chapter04/4_3_attention.md)"
+            "ch4 stage 'attention' not started: implement KVCache.__init__ in ch4/attention.py (read docs/chapter04/4_3_attention.md#the-kv-cache-kvcache-and-update)"
         )
 
     def update(
@@ -67,7 +67,7 @@ class KVCache:
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'attention' not started: implement KVCache.update in ch4/attention.py (read docs/chapter04/4_3_attention.md)"
+            "ch4 stage 'attention' not started: implement KVCache.update in ch4/attention.py (read docs/chapter04/4_3_attention.md#the-kv-cache-kvcache-and-update)"
         )
 
 
@@ -83,7 +83,7 @@ def rope_positions(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'attention' not started: implement rope_positions in ch4/attention.py (read docs/chapter04/4_3_attention.md)"
+        "ch4 stage 'attention' not started: implement rope_positions in ch4/attention.py (read docs/chapter04/4_3_attention.md#positions-and-masks-with-a-cache-rope_positions-and-attention_mask)"
     )
 
 
@@ -106,7 +106,7 @@ def attention_mask(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'attention' not started: implement attention_mask in ch4/attention.py (read docs/chapter04/4_3_attention.md)"
+        "ch4 stage 'attention' not started: implement attention_mask in ch4/attention.py (read docs/chapter04/4_3_attention.md#positions-and-masks-with-a-cache-rope_positions-and-attention_mask)"
     )
 
 
@@ -138,7 +138,7 @@ class GroupedQueryAttention(nn.Module):
         self.head_dim = dim // n_heads
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'attention' not started: implement GroupedQueryAttention.__init__ in ch4/attention.py (read docs/chapter04/4_3_attention.md)"
+            "ch4 stage 'attention' not started: implement GroupedQueryAttention.__init__ in ch4/attention.py (read docs/chapter04/4_3_attention.md#grouped-query-attention-groupedqueryattention)"
         )
 
     def forward(
@@ -172,5 +172,5 @@ class GroupedQueryAttention(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'attention' not started: implement GroupedQueryAttention.forward in ch4/attention.py (read docs/chapter04/4_3_attention.md)"
+            "ch4 stage 'attention' not started: implement GroupedQueryAttention.forward in ch4/attention.py (read docs/chapter04/4_3_attention.md#grouped-query-attention-groupedqueryattention)"
         )

@@ -37,7 +37,7 @@ def left_pad(
         raise ValueError("left_pad needs at least one prompt, each of at least one token")
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'generate' not started: implement left_pad in ch4/generate.py (read docs/chapter04/4_6_generate.md)"
+        "ch4 stage 'generate' not started: implement left_pad in ch4/generate.py (read docs/chapter04/4_6_generate.md#batches-of-prompts-left_pad)"
     )
 
 
@@ -51,7 +51,7 @@ def _next_token(
     """(B, V) logits -> (B, 1) token ids, by chapter 3's rules."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'generate' not started: implement _next_token in ch4/generate.py (read docs/chapter04/4_6_generate.md)"
+        "ch4 stage 'generate' not started: implement _next_token in ch4/generate.py (read docs/chapter04/4_6_generate.md#sampling-_next_token)"
     )
 
 
@@ -116,7 +116,7 @@ def generate(
     try:
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'generate' not started: implement generate in ch4/generate.py (read docs/chapter04/4_6_generate.md)"
+            "ch4 stage 'generate' not started: implement generate in ch4/generate.py (read docs/chapter04/4_6_generate.md#generation-with-a-cache-generate)"
         )
     finally:
         model.train(was_training)

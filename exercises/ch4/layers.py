@@ -37,14 +37,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'norm_rope' not started: implement RMSNorm.__init__ in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+            "ch4 stage 'norm_rope' not started: implement RMSNorm.__init__ in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#normalising-by-the-root-mean-square-rmsnorm)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (..., dim), any float dtype -> the same shape and dtype."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'norm_rope' not started: implement RMSNorm.forward in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+            "ch4 stage 'norm_rope' not started: implement RMSNorm.forward in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#normalising-by-the-root-mean-square-rmsnorm)"
         )
 
 
@@ -66,7 +66,7 @@ def llama3_scaled_frequencies(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'norm_rope' not started: implement llama3_scaled_frequencies in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+        "ch4 stage 'norm_rope' not started: implement llama3_scaled_frequencies in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#longer-contexts-llama3_scaled_frequencies)"
     )
 
 
@@ -96,7 +96,7 @@ def rope_cache(
         raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {head_dim}")
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'norm_rope' not started: implement rope_cache in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+        "ch4 stage 'norm_rope' not started: implement rope_cache in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#rotary-position-embeddings-rope_cache-and-apply_rope)"
     )
 
 
@@ -118,7 +118,7 @@ def apply_rope(
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch4 stage 'norm_rope' not started: implement apply_rope in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+        "ch4 stage 'norm_rope' not started: implement apply_rope in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#rotary-position-embeddings-rope_cache-and-apply_rope)"
     )
 
 
@@ -133,12 +133,12 @@ class SwiGLU(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'norm_rope' not started: implement SwiGLU.__init__ in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+            "ch4 stage 'norm_rope' not started: implement SwiGLU.__init__ in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#the-gated-feed-forward-layer-swiglu)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (..., dim) -> (..., dim)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'norm_rope' not started: implement SwiGLU.forward in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md)"
+            "ch4 stage 'norm_rope' not started: implement SwiGLU.forward in ch4/layers.py (read docs/chapter04/4_2_norm_rope.md#the-gated-feed-forward-layer-swiglu)"
         )

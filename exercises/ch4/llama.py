@@ -149,7 +149,7 @@ class Block(nn.Module):
         self.is_moe = config.n_experts > 0
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Block.__init__ in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Block.__init__ in ch4/llama.py (read docs/chapter04/4_4_model.md#the-block-block)"
         )
 
     def forward(
@@ -166,7 +166,7 @@ class Block(nn.Module):
         loss (a 0-d tensor, 0 for a dense block). The other arguments go to ``self_attn``."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Block.forward in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Block.forward in ch4/llama.py (read docs/chapter04/4_4_model.md#the-forward-pass-forward)"
         )
 
 
@@ -187,7 +187,7 @@ class Llama(nn.Module):
         self.config = config
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Llama.__init__ in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Llama.__init__ in ch4/llama.py (read docs/chapter04/4_4_model.md#the-architecture-llamaconfig-and-llama)"
         )
         self._build_rope()
 
@@ -205,14 +205,14 @@ class Llama(nn.Module):
         """N(0, 0.02) for one Linear or Embedding, its bias 0 (the residual rescaling is after)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Llama._init_weights in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Llama._init_weights in ch4/llama.py (read docs/chapter04/4_4_model.md#the-initialisation-_init_weights)"
         )
 
     def num_parameters(self) -> int:
         """Number of parameters, a tied embedding/lm_head matrix counted once."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Llama.num_parameters in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Llama.num_parameters in ch4/llama.py (read docs/chapter04/4_4_model.md#counting-the-parameters-num_parameters)"
         )
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -229,7 +229,7 @@ class Llama(nn.Module):
             raise ValueError(f"max_len={max_len} is longer than max_seq_len={c.max_seq_len}")
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Llama.new_cache in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Llama.new_cache in ch4/llama.py (read docs/chapter04/4_4_model.md#a-cache-for-the-model-new_cache)"
         )
 
     def forward(
@@ -269,7 +269,7 @@ class Llama(nn.Module):
             )
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'model' not started: implement Llama.forward in ch4/llama.py (read docs/chapter04/4_4_model.md)"
+            "ch4 stage 'model' not started: implement Llama.forward in ch4/llama.py (read docs/chapter04/4_4_model.md#the-forward-pass-forward)"
         )
 
     # -- Hugging Face checkpoints (given: you do not write these) --------------------------------

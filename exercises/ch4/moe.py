@@ -37,7 +37,7 @@ class MoE(nn.Module):
         self.top_k = top_k
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'moe' not started: implement MoE.__init__ in ch4/moe.py (read docs/chapter04/4_5_moe.md)"
+            "ch4 stage 'moe' not started: implement MoE.__init__ in ch4/moe.py (read docs/chapter04/4_5_moe.md#a-mixture-of-experts-moe)"
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,5 +54,5 @@ class MoE(nn.Module):
         """
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch4 stage 'moe' not started: implement MoE.forward in ch4/moe.py (read docs/chapter04/4_5_moe.md)"
+            "ch4 stage 'moe' not started: implement MoE.forward in ch4/moe.py (read docs/chapter04/4_5_moe.md#a-mixture-of-experts-moe)"
         )
