@@ -443,7 +443,6 @@ CH4 = Chapter(
                         "test_rope_cache_rejects_odd_head_dim",
                         "test_llama3_scaled_frequencies_closed_form",
                         "test_rope_cache_with_llama3_scaling",
-                        "test_llama3_scaling_matches_transformers",
                     ),
                 ),
                 Hint(
@@ -483,8 +482,10 @@ CH4 = Chapter(
                     tests=(
                         "test_attention_mask_closed_form",
                         "test_attention_mask_with_padding",
+                        "test_rope_positions",
                         "test_decode_with_cache_equals_full_pass",
                         "test_chunked_prefill_equals_full_pass",
+                        "test_left_padding_changes_nothing",
                     ),
                 ),
                 Hint(
@@ -520,7 +521,6 @@ CH4 = Chapter(
                         "test_causality",
                         "test_cache_gives_the_full_pass_logits",
                         "test_load_hf_folder",
-                        "test_load_hf_matches_transformers",
                     ),
                 ),
                 Hint(
@@ -546,6 +546,16 @@ CH4 = Chapter(
                     tests=("test_moe_is_batched",),
                 ),
                 Hint(
+                    "In ch4/llama.py, Block.__init__ makes mlp a MoE(dim, hidden_dim, n_experts, "
+                    "n_experts_per_tok) when config.n_experts > 0, Block.forward unpacks its (y, "
+                    "aux_loss), and Llama.forward adds router_aux_loss_coef * the sum of the aux "
+                    "losses to the loss.",
+                    tests=(
+                        "test_mixtral_folder_loads_and_matches",
+                        "test_training_loss_adds_the_aux_loss",
+                    ),
+                ),
+                Hint(
                     "Load balancing: f_e = fraction of the (token, slot) choices that went to e, P_e "
                     "= mean over tokens of softmax(router logits over ALL experts)[e]; aux = "
                     "n_experts * sum_e f_e * P_e (1 when balanced).",
@@ -563,9 +573,15 @@ CH4 = Chapter(
             files=("ch4/generate.py",),
             doc="docs/chapter04/4_6_generate.md",
             hints=(
-                "With the cache: model(idx, start_pos=0, cache=cache) once for the prompt, then "
-                "model(next_token, start_pos=number of tokens so far, cache=cache) per step. "
-                "Without it: model(idx) on the whole sequence each step.",
+                Hint(
+                    "With the cache: model(idx, start_pos=0, cache=cache) once for the prompt, then "
+                    "model(next_token, start_pos=number of tokens so far, cache=cache) per step. "
+                    "Without it: model(idx) on the whole sequence each step.",
+                    tests=(
+                        "test_cache_feeds_one_token_per_step",
+                        "test_cached_and_uncached_greedy_are_identical",
+                    ),
+                ),
                 Hint(
                     "left_pad puts every prompt against the right edge; pass pad_mask to every model "
                     "call and append a True column to it for each new token.",

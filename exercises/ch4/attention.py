@@ -126,16 +126,6 @@ class GroupedQueryAttention(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, bias: bool = False) -> None:
         super().__init__()
-        if dim % n_heads != 0:
-            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
-            raise ValueError(
-                f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}: each key-value head is "
-                "shared by a whole group of query heads"
-            )
-        self.n_heads = n_heads
-        self.n_kv_heads = n_kv_heads
-        self.head_dim = dim // n_heads
         # TODO: write this part yourself.
         raise NotImplementedError(
             "ch4 stage 'attention' not started: implement GroupedQueryAttention.__init__ in ch4/attention.py (read docs/chapter04/4_3_attention.md#grouped-query-attention-groupedqueryattention)"

@@ -148,6 +148,7 @@ class GroupedQueryAttention(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, bias: bool = False) -> None:
         super().__init__()
+        # BEGIN SOLUTION
         if dim % n_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
         if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
@@ -158,7 +159,6 @@ class GroupedQueryAttention(nn.Module):
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
         self.head_dim = dim // n_heads
-        # BEGIN SOLUTION
         self.q_proj = nn.Linear(dim, n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)

@@ -99,9 +99,9 @@ def rope_cache(
     Raises:
         ValueError: if ``head_dim`` is odd (the dimensions are rotated in pairs).
     """
+    # BEGIN SOLUTION
     if head_dim % 2 != 0:
         raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {head_dim}")
-    # BEGIN SOLUTION
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
     inv_freq = 1.0 / (theta**exponents)  # (head_dim/2,)
     if scaling is not None:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..ch3.safetensors_io import load_file
 from .attention import GroupedQueryAttention, KVCache
@@ -218,8 +220,10 @@ class Llama(nn.Module):
         """(Re)make the RoPE buffers from the config (also after loading onto the meta device)."""
         c = self.config
         device = self.embed_tokens.weight.device
-        device = None if device.type == "meta" else device
-        cos, sin = rope_cache(c.head_dim, c.max_seq_len, c.rope_theta, c.rope_scaling, device)
+        if device.type == "meta":  # shapes only (a parameter count, or before loading weights)
+            cos = sin = torch.empty(c.max_seq_len, c.head_dim, device=device)
+        else:
+            cos, sin = rope_cache(c.head_dim, c.max_seq_len, c.rope_theta, c.rope_scaling, device)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -542,7 +546,7 @@ def _from_hf(
             ours[name] = (key, value)
     if config.tie_embeddings:
         ours.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
-    with torch.device("meta"):
+    with _shapes_only():
         model = cls(config)
     expected = {k: v for k, v in model.state_dict().items()}
     if config.tie_embeddings:
@@ -575,6 +579,36 @@ def _from_hf(
         model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced the Parameter
     model._build_rope()
     return model.eval()
+
+
+class _SkipRandomFills(TorchFunctionMode):
+    """Random initialisation does nothing (transformers' ``no_init_weights`` does the same)."""
+
+    FILLS = {
+        torch.Tensor.normal_,
+        torch.Tensor.uniform_,
+        nn.init.normal_,
+        nn.init.uniform_,
+        nn.init.trunc_normal_,
+        nn.init.kaiming_uniform_,
+        nn.init.kaiming_normal_,
+        nn.init.xavier_uniform_,
+        nn.init.xavier_normal_,
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _shapes_only() -> Iterator[None]:
+    """Build on the meta device (shapes, no memory) and skip the random initialisation: the
+    weights are about to be replaced, and the first random fill on the meta device alone loads
+    PyTorch's Python meta kernels (seconds)."""
+    with torch.device("meta"), _SkipRandomFills():
+        yield
 
 
 def _hf_name(ours: str) -> str:
