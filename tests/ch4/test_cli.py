@@ -1,8 +1,8 @@
 """The ch4 command line (project tests, not a graded stage): train a Llama with chapter 3's
 options, sample from its checkpoint or from a Hugging Face folder, one line for bad input.
 
-The folders are written here: by hand (a config.json, random weights under Hugging Face's names,
-a byte-level tokenizer.json), or, where ``transformers`` is installed, by ``save_pretrained`` of a
+The folders are written here: by hand (the stage tests' config.json and random weights under
+Hugging Face's names, a byte-level tokenizer.json), or, where ``transformers`` is installed, by ``save_pretrained`` of a
 tiny random LlamaForCausalLM, whose own greedy ``generate`` is the oracle. Nothing is downloaded.
 """
 
@@ -18,6 +18,7 @@ import torch
 
 from grader.tree import REPO_ROOT, load
 from tests.ch3.gpt2_format import gpt2_bytes_to_unicode
+from tests.ch4 import oracles
 
 cli = load("ch4.cli")
 
@@ -75,34 +76,11 @@ def byte_tokenizer_json(path, *, bos: bool = True) -> None:
 
 
 def hf_folder(path, eos=EOS, **config_changes) -> dict:
-    """A tiny Llama in Hugging Face's layout, weights random: config.json, model.safetensors
-    (written with the tree's chapter 3 writer, checked against the format by chapter 3's tests),
-    tokenizer.json and generation_config.json."""
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 258,
-              "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-              "tie_word_embeddings": False, "eos_token_id": 1, **TINY, **config_changes}  # fmt: skip
-    C, H, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    kv = C // config["num_attention_heads"] * config["num_key_value_heads"]
-    g = torch.Generator().manual_seed(0)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g) * 0.3
-
-    sd = {"model.embed_tokens.weight": rnd(V, C), "model.norm.weight": 1 + rnd(C) / 10,
-          "lm_head.weight": rnd(V, C)}  # fmt: skip
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        sd |= {
-            p + "input_layernorm.weight": 1 + rnd(C) / 10,
-            p + "self_attn.q_proj.weight": rnd(C, C), p + "self_attn.k_proj.weight": rnd(kv, C),
-            p + "self_attn.v_proj.weight": rnd(kv, C), p + "self_attn.o_proj.weight": rnd(C, C),
-            p + "post_attention_layernorm.weight": 1 + rnd(C) / 10,
-            p + "mlp.gate_proj.weight": rnd(H, C), p + "mlp.up_proj.weight": rnd(H, C),
-            p + "mlp.down_proj.weight": rnd(C, H),
-        }  # fmt: skip
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    load("ch3.safetensors_io").save_file(sd, path / "model.safetensors")
+    """A tiny Llama in Hugging Face's layout with random weights (the stage tests' writer):
+    config.json, model.safetensors, tokenizer.json and generation_config.json."""
+    config = oracles.hf_config(vocab_size=258, eos_token_id=1, **config_changes)
+    save_file = load("ch3.safetensors_io").save_file
+    oracles.write_folder(path, oracles.hf_state_dict(config), config, save_file)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, 2]}))
     byte_tokenizer_json(path / "tokenizer.json")
     return config
