@@ -53,6 +53,9 @@ class HFTokenizer(BPETokenizer):
             Qwen2); :meth:`encode` leaves them out.
         ignore_merges: a chunk that is a whole token of the vocabulary encodes to that token.
         nfc: the text is normalised to NFC before it is encoded.
+
+    ``to_dict`` (chapter 3's format) describes the BPE part only: read the tokenizer.json again
+    rather than saving this tokenizer in a checkpoint.
     """
 
     def __init__(
