@@ -611,12 +611,12 @@ CH4 = Chapter(
                     "one-token query see every cached key (not is_causal=True).",
                     tests=("test_cached_generation_equals_uncached",),
                 ),
-                "The stage trains 300 steps of a 2-layer Llama (about 10 s for the reference on 2 "
+                "The stage trains 300 steps of a 2-layer Llama (about 15 s for the reference on 2 "
                 "idle cores): if yours is much slower, look for Python loops over tokens or heads.",
             ),
             points=20,
-            test_timeout=240.0,
-            time_limit=360.0,
+            test_timeout=150.0,  # the rule: the reference's slowest test took 14.6 s (load 1.8)
+            time_limit=300.0,
         ),
     ),
 )
