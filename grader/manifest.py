@@ -615,7 +615,7 @@ CH4 = Chapter(
                 "idle cores): if yours is much slower, look for Python loops over tokens or heads.",
             ),
             points=20,
-            test_timeout=150.0,  # the rule: the reference's slowest test took 14.6 s (load 1.8)
+            test_timeout=180.0,  # the rule: the reference's slowest test took 14.6-16.6 s (load 1.7)
             time_limit=300.0,
         ),
     ),
