@@ -196,24 +196,21 @@ class GroupedQueryAttention(nn.Module):
         """
         # BEGIN SOLUTION
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = (
-            self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, nkv, T, hd)
-        v = (
-            self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, nkv, T, hd)
+        nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         positions = rope_positions(start_pos, T, pad_mask, device=x.device)
         q = apply_rope(q, cos, sin, positions)
         k = apply_rope(k, cos, sin, positions)
         if cache is not None:
             k, v = cache.update(layer, k, v, start_pos)  # (B, nkv, S, hd), S = start_pos + T
         S = k.size(2)
-        n_rep = self.n_heads // self.n_kv_heads
+        n_rep = nh // nkv
         k = k.repeat_interleave(n_rep, dim=1)  # (B, nh, S, hd): kv head j serves query heads
         v = v.repeat_interleave(n_rep, dim=1)  # j * n_rep .. (j + 1) * n_rep - 1
         mask = attention_mask(T, S, pad_mask, device=x.device)  # (1 or B, 1, T, S)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)  # the heads side by side again
         return self.o_proj(y)
         # END SOLUTION

@@ -226,7 +226,7 @@ def test_numbers_quoted_in_the_text_match_the_code():
     assert n_gpt2 == 124_439_808, "GPT-2 small must have exactly 124,439,808 parameters"
     quoted |= _chapter4_numbers()
     for doc, numbers in quoted.items():
-        text = (REPO_ROOT / doc).read_text(encoding="utf-8")
+        text = " ".join((REPO_ROOT / doc).read_text(encoding="utf-8").split())  # lines joined
         missing = [n for n in numbers if n not in text]
         assert not missing, f"{doc} should quote {missing} (what the code computes now)"
 
@@ -235,7 +235,7 @@ def _chapter4_numbers() -> dict[str, list[str]]:
     """The parameter counts and cache sizes chapter 4 quotes, from the reference's configs."""
     from grader.tasks import ch3 as ch3_task
     from grader.tasks import ch4 as ch4_task
-    from solutions.ch4.llama import LLAMA_3_2_1B, QWEN2_5_0_5B, Llama
+    from solutions.ch4.llama import LLAMA_3_2_1B, QWEN2_5_0_5B, Llama, LlamaConfig
 
     with torch.device("meta"):  # shapes only
         n_llama, n_qwen = Llama(LLAMA_3_2_1B).num_parameters(), Llama(QWEN2_5_0_5B).num_parameters()
@@ -256,6 +256,13 @@ def _chapter4_numbers() -> dict[str, list[str]]:
         f"Qwen2.5-0.5B: {embedding_share}"
     )
     counts = [f"{n_llama:,}", f"{n_qwen:,}"]
+    spec = importlib.util.spec_from_file_location(
+        "bench", REPO_ROOT / "benchmarks/bench_kv_cache.py"
+    )
+    bench_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_module)
+    bench = bench_module.CONFIG
+    n_bench = Llama(LlamaConfig(**bench)).num_parameters()
     return {
         "docs/chapter04/4_1_overview.md": counts,
         "docs/chapter04/4_4_model.md": [
@@ -268,6 +275,12 @@ def _chapter4_numbers() -> dict[str, list[str]]:
             f"{cache_per_token * c.max_seq_len / 2**30:.0f} GiB at its {c.max_seq_len:,}-token",
         ],
         "docs/chapter04/4_7_e2e.md": [f"| {e2e_llama:,} |", f"| {e2e_gpt:,} |"],
+        "docs/chapter04/4_6_generate.md": [
+            f"(vocabulary {bench['vocab_size']:,}, {bench['n_layers']}",
+            f"layers, {bench['dim']} wide, {bench['n_heads']} query heads sharing "
+            f"{bench['n_kv_heads']} key-value heads: {n_bench:,} parameters) from a "
+            f"{bench_module.PROMPT}-token",
+        ],
         "grader/tasks/ch4.py": [f"{e2e_llama:,} parameters against {e2e_gpt:,}"],
     }
 
