@@ -420,9 +420,169 @@ print("reloaded model, same text:", sample(fresh, 1, top_p=0.9) == sample(model,
     ),
 ]
 
+CH4 = [
+    (
+        "markdown",
+        """\
+# Chapter 4: a modern LLM, cell by cell
+
+This notebook follows the chapter's sections ([4.1](4_1_overview.md) gives the map): the new
+layers ([4.2](4_2_norm_rope.md)), grouped-query attention and its cache
+([4.3](4_3_attention.md)), the Llama model ([4.4](4_4_model.md)), a mixture of experts
+([4.5](4_5_moe.md)), generation with the cache ([4.6](4_6_generate.md)) and a short training run
+with chapter 3's trainer ([4.7](4_7_e2e.md)). Nothing is downloaded; every cell runs on a CPU in
+seconds. The grader checks all of it more thoroughly: `python -m grader ch4`.""",
+    ),
+    (
+        "code",
+        SETUP.format(
+            chapter="chapter04",
+            imports="""\
+layers = importlib.import_module(f"{TREE}.ch4.layers")
+attention = importlib.import_module(f"{TREE}.ch4.attention")
+llama = importlib.import_module(f"{TREE}.ch4.llama")
+moe = importlib.import_module(f"{TREE}.ch4.moe")
+generation = importlib.import_module(f"{TREE}.ch4.generate")
+cli = importlib.import_module(f"{TREE}.ch4.cli")
+recipe = importlib.import_module("grader.tasks.ch3")  # chapter 3's e2e task (project code)""",
+        ),
+    ),
+    (
+        "markdown",
+        """\
+## 4.2 RMSNorm and rotary positions
+
+RMSNorm divides by the root mean square (no mean, no bias). RoPE turns each pair of dimensions
+of a query or key by position times frequency, so a score depends only on the distance.""",
+    ),
+    (
+        "code",
+        """\
+norm = layers.RMSNorm(16)
+x = torch.randn(3, 16) * 4
+reference = torch.nn.RMSNorm(16, eps=1e-6)
+print("RMSNorm matches torch:", torch.allclose(norm(x), reference(x), atol=1e-6))
+
+cos, sin = layers.rope_cache(head_dim=16, max_len=64)
+q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+
+def score(m, n):
+    qm = layers.apply_rope(q, cos, sin, torch.tensor([m]))
+    kn = layers.apply_rope(k, cos, sin, torch.tensor([n]))
+    return (qm * kn).sum().item()
+
+
+print("distance 4 at (4, 0), (20, 16), (60, 56):", [round(score(m, m - 4), 4) for m in (4, 20, 60)])""",
+    ),
+    (
+        "markdown",
+        """\
+## 4.3 Grouped-query attention and the KV cache
+
+Eight query heads share two key-value heads. Prefilling five tokens and then feeding one token
+at a time through a `KVCache` gives the outputs of one full pass.""",
+    ),
+    (
+        "code",
+        """\
+gqa = attention.GroupedQueryAttention(dim=32, n_heads=8, n_kv_heads=2).eval()
+cos, sin = layers.rope_cache(head_dim=4, max_len=16)
+x = torch.randn(1, 9, 32)
+full = gqa(x, cos, sin)
+cache = attention.KVCache(n_layers=1, batch_size=1, n_kv_heads=2, max_len=16, head_dim=4)
+steps = [gqa(x[:, :5], cos, sin, start_pos=0, cache=cache)]
+steps += [gqa(x[:, t : t + 1], cos, sin, start_pos=t, cache=cache) for t in range(5, 9)]
+print("cached == full pass:", torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5))
+print("the cache holds", tuple(cache.k[0].shape), "(batch, kv heads, max_len, head_dim)")""",
+    ),
+    (
+        "markdown",
+        """\
+## 4.4 The Llama model
+
+The published configurations give the published parameter counts (on the `meta` device: shapes,
+no memory). A fresh small model's loss is close to $\\ln V$.""",
+    ),
+    (
+        "code",
+        """\
+import math
+
+published = {"Llama-3.2-1B": llama.LLAMA_3_2_1B, "Qwen2.5-0.5B": llama.QWEN2_5_0_5B}
+with torch.device("meta"):
+    for name, shape in published.items():
+        print(f"{name}: {llama.Llama(shape).num_parameters():,} parameters")
+
+config = llama.LlamaConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                           hidden_dim=96, max_seq_len=64)  # fmt: skip
+model = llama.Llama(config)
+idx = torch.randint(0, 50, (4, 17))
+_, loss = model(idx[:, :-1], targets=idx[:, 1:])
+print(f"untrained loss {loss.item():.3f}, ln(V) = {math.log(50):.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 4.5 A mixture of experts
+
+Each token runs 2 of 4 experts; the load-balancing loss is 1 for a uniform router.""",
+    ),
+    (
+        "code",
+        """\
+layer = moe.MoE(dim=16, hidden_dim=32, n_experts=4, top_k=2)
+y, aux = layer(torch.randn(2, 6, 16))
+print(tuple(y.shape), f"load-balancing loss {aux.item():.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 4.6 Generation with a KV cache
+
+The same greedy tokens with and without the cache, and the time each takes.""",
+    ),
+    (
+        "code",
+        """\
+import time
+
+prompt = torch.randint(0, 50, (1, 8))
+timings = {}
+for use_cache in (True, False):
+    start = time.perf_counter()
+    out = generation.generate(model, prompt, 48, temperature=0, use_cache=use_cache)
+    timings[use_cache] = (out, time.perf_counter() - start)
+print("same tokens:", torch.equal(timings[True][0], timings[False][0]))
+print(f"with the cache {timings[True][1]:.3f} s, without {timings[False][1]:.3f} s")""",
+    ),
+    (
+        "markdown",
+        """\
+## 4.7 Training with chapter 3's trainer
+
+The e2e stage's recipe, shortened to 60 steps: chapter 3's corpus, loaders and `GPTTrainer`
+train the Llama unchanged (the stage trains 300 steps).""",
+    ),
+    (
+        "code",
+        """\
+def build(vocab_size):
+    config = llama.LlamaConfig(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                               hidden_dim=192, max_seq_len=recipe.BLOCK_SIZE)  # fmt: skip
+    return llama.Llama(config)
+
+
+trainer, tokenizer = recipe.train(seed=0, build=build, max_steps=60, warmup_steps=10)
+print(f"validation loss after 60 steps: {trainer.evaluate():.3f}")
+print(repr("the " + cli.sample_text(trainer.model, tokenizer, "the ", 120, seed=0)))""",
+    ),
+]
+
 NOTEBOOKS = {
     DOCS / "chapter02" / "chapter02.ipynb": CH2,
     DOCS / "chapter03" / "chapter03.ipynb": CH3,
+    DOCS / "chapter04" / "chapter04.ipynb": CH4,
 }
 
 

@@ -1,7 +1,8 @@
 """Draw the pictures of the chapters from the project's own code: ``python docs/make_figures.py``.
 
 Every figure is computed by the reference solutions (attention weights, positional encodings, the
-trainer's learning-rate schedule, a short real training run, BPE merges), so a picture can never
+trainer's learning-rate schedule, a short real training run, BPE merges, RoPE, grouped-query heads,
+the KV cache, MoE routing), so a picture can never
 disagree with the code it illustrates. Needs matplotlib (``pip install -e ".[docs]"``); writes
 PNGs to ``docs/figures/`` (or ``--out``). ``--only NAME ...`` draws some of them; the loss curve
 trains a small GPT for a few hundred steps (a minute or two on a laptop CPU).
@@ -207,12 +208,162 @@ def bpe_merges(out: Path) -> None:
     plt.close(fig)
 
 
+def rope_rotation(out: Path) -> None:
+    """RoPE turns each pair of a query's dimensions by position x frequency; the score of a
+    rotated query and key depends only on their distance."""
+    from solutions.ch4.layers import apply_rope, rope_cache
+
+    head_dim, n = 8, 12
+    cos, sin = rope_cache(head_dim, 64)
+    q = torch.tensor([1.0, 0.3, 0.6, 0.2, 0.2, 0.9, 0.4, 1.0]).view(1, 1, 1, head_dim)
+    positions = torch.arange(n)
+    rotated = apply_rope(q.expand(1, 1, n, head_dim), cos, sin, positions)[0, 0]  # (n, hd)
+    half = head_dim // 2
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True)
+    colors = plt.cm.viridis(torch.linspace(0, 1, n).numpy())
+    for ax, pair in zip(axes[:2], (0, 1), strict=True):
+        x, y = rotated[:, pair], rotated[:, pair + half]
+        for p in range(n):
+            ax.annotate("", xy=(x[p], y[p]), xytext=(0, 0),
+                        arrowprops={"arrowstyle": "->", "color": colors[p]})  # fmt: skip
+            ax.text(1.1 * x[p], 1.1 * y[p], str(p), ha="center", va="center", fontsize=8)
+        r = float(torch.hypot(x[0], y[0]))
+        ax.set_xlim(-1.3 * r, 1.3 * r)
+        ax.set_ylim(-1.3 * r, 1.3 * r)
+        ax.set_aspect("equal")
+        ax.axhline(0, color="lightgray", lw=0.8)
+        ax.axvline(0, color="lightgray", lw=0.8)
+        freq = 10000 ** (-2 * pair / head_dim)
+        ax.set_title(f"dims ({pair}, {pair + half}): {freq:g} rad per position")
+        ax.set_xlabel(f"q[{pair}]")
+        ax.set_ylabel(f"q[{pair + half}]")
+    g = torch.Generator().manual_seed(0)
+    T, dim = 40, 32
+    cos, sin = rope_cache(dim, T)
+    q, k = torch.randn(1, 1, 1, dim, generator=g), torch.randn(1, 1, 1, dim, generator=g)
+    at = torch.arange(T)
+    scores = apply_rope(q.expand(1, 1, T, dim), cos, sin, at)[0, 0]
+    scores = scores @ apply_rope(k.expand(1, 1, T, dim), cos, sin, at)[0, 0].T
+    image = axes[2].imshow(scores, cmap="RdBu", vmin=-scores.abs().max(), vmax=scores.abs().max())
+    axes[2].set_title("the same q and k at every position:\nq_m . k_n depends only on m - n")
+    axes[2].set_xlabel("key position n")
+    axes[2].set_ylabel("query position m")
+    fig.colorbar(image, ax=axes[2], shrink=0.8, label="score")
+    fig.suptitle("apply_rope(q, *rope_cache(head_dim=8, ...), positions=0..11): each pair turns")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def gqa_heads(out: Path) -> None:
+    """Which key-value head each query head reads, for MHA, GQA and MQA (repeat_interleave)."""
+    n_heads = 8
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    for ax, (title, n_kv) in zip(
+        axes,
+        (("multi-head (MHA)", 8), ("grouped-query (GQA)", 2), ("multi-query (MQA)", 1)),
+        strict=True,
+    ):
+        # The kv head each query head uses, as GroupedQueryAttention repeats them.
+        kv_of = torch.arange(n_kv).repeat_interleave(n_heads // n_kv)
+        q_x = [(h + 0.5) / n_heads for h in range(n_heads)]
+        kv_x = [(j + 0.5) / n_kv for j in range(n_kv)]
+        colors = plt.cm.tab10(range(n_kv))
+        for h in range(n_heads):
+            j = int(kv_of[h])
+            ax.plot([q_x[h], kv_x[j]], [1, 0], color=colors[j], lw=1.5)
+            ax.add_patch(plt.Rectangle((q_x[h] - 0.04, 1), 0.08, 0.12, color="lightsteelblue"))
+            ax.text(q_x[h], 1.06, f"q{h}", ha="center", va="center", fontsize=8)
+        for j in range(n_kv):
+            ax.add_patch(plt.Rectangle((kv_x[j] - 0.05, -0.14), 0.1, 0.14, color=colors[j]))
+            ax.text(kv_x[j], -0.07, f"kv{j}", ha="center", va="center", fontsize=8, color="white")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.25, 1.25)
+        ax.axis("off")
+        ax.set_title(f"{title}: n_heads={n_heads}, n_kv_heads={n_kv}\ncache per token: "
+                     f"{2 * n_kv} vectors of head_dim per layer")  # fmt: skip
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def kv_cache(out: Path) -> None:
+    """What a KVCache holds at each step of generate, and its size for Llama-3.2-1B."""
+    from solutions.ch4.llama import LLAMA_3_2_1B, Llama
+
+    prompt, steps = 6, 5
+    grid = torch.zeros(steps + 1, prompt + steps)
+    for step in range(steps + 1):
+        filled = prompt + step
+        grid[step, : filled - 1 if step else prompt] = 1  # read from the cache
+        grid[step, (filled - 1 if step else 0) : filled] = 2  # written at this step
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), constrained_layout=True)
+    cmap = matplotlib.colors.ListedColormap(["whitesmoke", "lightsteelblue", "tab:orange"])
+    axes[0].imshow(grid, cmap=cmap, vmin=0, vmax=2)
+    axes[0].set_yticks(range(steps + 1), ["prefill"] + [f"step {s}" for s in range(1, steps + 1)])
+    axes[0].set_xticks(range(prompt + steps))
+    axes[0].set_xlabel("position in the cache")
+    axes[0].set_title("orange: keys and values computed at this call (start_pos onwards)\n"
+                      "blue: read back from the cache")  # fmt: skip
+    c = LLAMA_3_2_1B
+    tokens = torch.arange(0, 131073, 4096)
+    for n_kv, label in ((c.n_heads, "if it had MHA (32 kv heads)"), (c.n_kv_heads, "GQA (8)")):
+        # KVCache: 2 tensors (k, v) per layer of (batch, n_kv_heads, tokens, head_dim), bf16.
+        gib = 2 * c.n_layers * n_kv * c.head_dim * tokens * 2 / 2**30
+        axes[1].plot(tokens, gib, label=f"Llama-3.2-1B, {label}")
+    with torch.device("meta"):  # shapes only: the count costs no memory
+        weights_gib = Llama(c).num_parameters() * 2 / 2**30
+    axes[1].axhline(weights_gib, color="gray", ls=":", lw=1)
+    axes[1].text(2000, weights_gib + 0.4, "the weights themselves (bf16)", color="gray")
+    axes[1].set_xlabel("tokens in the cache (one sequence)")
+    axes[1].set_ylabel("GiB (bf16)")
+    axes[1].set_title("cache size: 2 x n_layers x n_kv_heads x head_dim numbers per token")
+    axes[1].legend()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def moe_routing(out: Path) -> None:
+    """A Mixtral-style MoE layer routing 16 tokens to 2 of 8 experts each."""
+    from solutions.ch4.moe import MoE
+
+    torch.manual_seed(2)
+    moe = MoE(dim=16, hidden_dim=32, n_experts=8, top_k=2)
+    x = torch.randn(16, 16)
+    with torch.no_grad():
+        logits = moe.gate(x)  # (tokens, experts)
+        top, chosen = logits.topk(2, dim=-1)
+        weights = torch.zeros_like(logits).scatter(-1, chosen, top.softmax(-1))
+        _, aux = moe(x)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(13, 5), constrained_layout=True, gridspec_kw={"width_ratios": [1.2, 1]}
+    )
+    image = axes[0].imshow(weights, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axes[0].set_xlabel("expert")
+    axes[0].set_ylabel("token")
+    axes[0].set_title("gate weights: softmax over each token's 2 chosen experts\n"
+                      "(the other 6 experts do not run for that token)")  # fmt: skip
+    fig.colorbar(image, ax=axes[0], shrink=0.8)
+    load = (weights > 0).sum(dim=0)
+    axes[1].bar(range(8), load.tolist(), color="tab:blue")
+    axes[1].axhline(16 * 2 / 8, color="gray", ls="--", lw=1)
+    axes[1].text(-0.4, 16 * 2 / 8 + 0.15, "balanced: 4 each", color="gray")
+    axes[1].set_xlabel("expert")
+    axes[1].set_ylabel("tokens routed to it")
+    axes[1].set_title(f"load of an untrained router; load-balancing loss {aux.item():.3f}\n"
+                      "(1 for a balanced load or a uniform router)")  # fmt: skip
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "attention_weights": attention_weights,
     "positional_encoding": positional_encoding,
     "lr_schedule": lr_schedule,
     "loss_curve": loss_curve,
     "bpe_merges": bpe_merges,
+    "rope_rotation": rope_rotation,
+    "gqa_heads": gqa_heads,
+    "kv_cache": kv_cache,
+    "moe_routing": moe_routing,
 }
 
 

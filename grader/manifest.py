@@ -421,7 +421,207 @@ CH3 = Chapter(
     ),
 )
 
-CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3)}
+CH4 = Chapter(
+    name="ch4",
+    title="A modern LLM",
+    stages=(
+        Stage(
+            name="norm_rope",
+            title="RMSNorm, rotary position embeddings and SwiGLU",
+            tests="tests/ch4/test_norm_rope.py",
+            files=("ch4/layers.py",),
+            doc="docs/chapter04/4_2_norm_rope.md",
+            hints=(
+                "RMSNorm: upcast to float32, x * rsqrt(mean(x ** 2 over the last dim) + eps), cast "
+                "back to the input's dtype, then multiply by weight. No mean is subtracted, no bias.",
+                Hint(
+                    "rope_cache: inv_freq = 1 / theta ** (arange(0, head_dim, 2) / head_dim), angles = "
+                    "outer(positions, inv_freq), then cat([angles, angles]) so column i and column "
+                    "i + head_dim/2 share an angle; return (angles.cos(), angles.sin()).",
+                    tests=(
+                        "test_rope_cache_closed_form",
+                        "test_rope_cache_rejects_odd_head_dim",
+                        "test_llama3_scaled_frequencies_closed_form",
+                        "test_rope_cache_with_llama3_scaling",
+                    ),
+                ),
+                Hint(
+                    "apply_rope is 'rotate half': x1, x2 = the two halves of the last dim, "
+                    "rotated = cat([-x2, x1]), out = x * cos[positions] + rotated * sin[positions]. "
+                    "Index the tables with the positions you are given, never with arange(T).",
+                    tests=(
+                        "test_apply_rope_closed_form",
+                        "test_apply_rope_preserves_norms",
+                        "test_rope_scores_depend_only_on_the_distance",
+                        "test_apply_rope_honours_positions",
+                        "test_apply_rope_per_row_positions",
+                    ),
+                ),
+                Hint(
+                    "SwiGLU: down_proj(F.silu(gate_proj(x)) * up_proj(x)), three nn.Linear without bias.",
+                    tests=("test_swiglu_layers", "test_swiglu_matches_functional"),
+                ),
+            ),
+            forbidden=("torch.nn.RMSNorm", "torch.nn.functional.rms_norm"),
+        ),
+        Stage(
+            name="attention",
+            title="Grouped-query attention and the KV cache",
+            tests="tests/ch4/test_attention.py",
+            files=("ch4/attention.py",),
+            doc="docs/chapter04/4_3_attention.md",
+            hints=(
+                "Project, view as (B, T, heads, head_dim) and transpose to (B, heads, T, head_dim); "
+                "rotate q and k with apply_rope at rope_positions(start_pos, T, pad_mask); repeat the "
+                "kv heads n_heads // n_kv_heads times with repeat_interleave(dim=1); attend with "
+                "attention_mask(T, S); transpose back and apply o_proj.",
+                Hint(
+                    "The queries are the LAST T of the S positions: query i sits at S - T + i and sees "
+                    "keys 0 .. S - T + i. is_causal=True aligns its mask to the top-left instead, so "
+                    "with a cache a one-token query would see only key 0: build the mask yourself.",
+                    tests=(
+                        "test_attention_mask_closed_form",
+                        "test_attention_mask_with_padding",
+                        "test_rope_positions",
+                        "test_decode_with_cache_equals_full_pass",
+                        "test_chunked_prefill_equals_full_pass",
+                        "test_left_padding_changes_nothing",
+                    ),
+                ),
+                Hint(
+                    "KVCache: per layer, zeros of (batch, n_kv_heads, max_len, head_dim) for k and v; "
+                    "update writes the new (B, n_kv_heads, T, head_dim) at [:, :, start_pos:start_pos "
+                    "+ T] and returns [:, :, :start_pos + T]. Cache the keys after RoPE and before "
+                    "repeating them.",
+                    tests=(
+                        "test_kv_cache_update",
+                        "test_kv_cache_overflow_is_an_error",
+                        "test_cache_stores_kv_heads_before_repeating",
+                    ),
+                ),
+            ),
+        ),
+        Stage(
+            name="model",
+            title="The Llama model, and loading Hugging Face weights",
+            tests="tests/ch4/test_model.py",
+            files=("ch4/llama.py",),
+            doc="docs/chapter04/4_4_model.md",
+            hints=(
+                "Use the names of the module docstring exactly (embed_tokens, layers[i]."
+                "input_layernorm, .self_attn, .post_attention_layernorm, .mlp, norm, lm_head): "
+                "from_hf and load_hf load Hugging Face weights by those names.",
+                Hint(
+                    "Block: x = x + self_attn(input_layernorm(x), cos, sin, start_pos, cache, layer, "
+                    "pad_mask); then x = x + mlp(post_attention_layernorm(x)). Llama.forward passes "
+                    "its rope_cos and rope_sin buffers, start_pos, cache, the layer's index and "
+                    "pad_mask to every block, then norm and lm_head.",
+                    tests=(
+                        "test_forward_matches_reference",
+                        "test_causality",
+                        "test_cache_gives_the_full_pass_logits",
+                        "test_load_hf_folder",
+                    ),
+                ),
+                Hint(
+                    "tie_embeddings: self.lm_head.weight = self.embed_tokens.weight, and count the "
+                    "shared matrix once (sum over self.parameters() does).",
+                    tests=("test_tied_embeddings", "test_published_parameter_counts"),
+                ),
+            ),
+        ),
+        Stage(
+            name="moe",
+            title="A sparse mixture of experts (Mixtral)",
+            tests="tests/ch4/test_moe.py",
+            files=("ch4/moe.py",),
+            doc="docs/chapter04/4_5_moe.md",
+            hints=(
+                "Router logits = gate(x); topk over the experts; weights = softmax of the chosen "
+                "logits only; y = sum of weight * expert(x) over the chosen experts.",
+                Hint(
+                    "No loop over tokens: flatten to (N, dim), and for each expert take the tokens "
+                    "that chose it (torch.where(chosen == e)), run the expert once on them and "
+                    "index_add_ the weighted result back.",
+                    tests=("test_moe_is_batched",),
+                ),
+                Hint(
+                    "In ch4/llama.py, Block.__init__ makes mlp a MoE(dim, hidden_dim, n_experts, "
+                    "n_experts_per_tok) when config.n_experts > 0, Block.forward unpacks its (y, "
+                    "aux_loss), and Llama.forward adds router_aux_loss_coef * the sum of the aux "
+                    "losses to the loss.",
+                    tests=(
+                        "test_mixtral_folder_loads_and_matches",
+                        "test_training_loss_adds_the_aux_loss",
+                    ),
+                ),
+                Hint(
+                    "Load balancing: f_e = fraction of the (token, slot) choices that went to e, P_e "
+                    "= mean over tokens of softmax(router logits over ALL experts)[e]; aux = "
+                    "n_experts * sum_e f_e * P_e (1 when balanced).",
+                    tests=(
+                        "test_aux_loss_closed_form",
+                        "test_aux_loss_is_one_for_a_uniform_router",
+                    ),
+                ),
+            ),
+        ),
+        Stage(
+            name="generate",
+            title="Generation with a KV cache, batched with left padding",
+            tests="tests/ch4/test_generate.py",
+            files=("ch4/generate.py",),
+            doc="docs/chapter04/4_6_generate.md",
+            hints=(
+                Hint(
+                    "With the cache: model(idx, start_pos=0, cache=cache) once for the prompt, then "
+                    "model(next_token, start_pos=number of tokens so far, cache=cache) per step. "
+                    "Without it: model(idx) on the whole sequence each step.",
+                    tests=(
+                        "test_cache_feeds_one_token_per_step",
+                        "test_cached_and_uncached_greedy_are_identical",
+                    ),
+                ),
+                Hint(
+                    "left_pad puts every prompt against the right edge; pass pad_mask to every model "
+                    "call and append a True column to it for each new token.",
+                    tests=("test_left_pad", "test_batched_prompts_equal_one_at_a_time"),
+                ),
+                Hint(
+                    "The sampling rules are chapter 3's: temperature 0 is the argmax; otherwise "
+                    "filter_logits(logits / temperature, top_k, top_p), softmax, torch.multinomial "
+                    "with the generator.",
+                    tests=("test_sampling_follows_chapter_3", "test_seeded_sampling_repeats"),
+                ),
+            ),
+        ),
+        Stage(
+            name="e2e",
+            title="Train your Llama with chapter 3's trainer, generate with the cache",
+            tests="tests/ch4/test_e2e.py",
+            files=("ch4/layers.py", "ch4/attention.py", "ch4/llama.py", "ch4/generate.py"),
+            doc="docs/chapter04/4_7_e2e.md",
+            hints=(
+                "Every earlier stage passes but the loss stays high? The recipe is chapter 3's "
+                "(grader/tasks/ch4.py trains your Llama with your ch3 trainer and data): check "
+                "that Llama.forward returns the mean cross-entropy over every position.",
+                Hint(
+                    "The cached text differs from the uncached one? Cache the keys after RoPE, feed "
+                    "each new token at start_pos = the number of tokens before it, and let a "
+                    "one-token query see every cached key (not is_causal=True).",
+                    tests=("test_cached_generation_equals_uncached",),
+                ),
+                "The stage trains 300 steps of a 2-layer Llama (about 15 s for the reference on 2 "
+                "idle cores): if yours is much slower, look for Python loops over tokens or heads.",
+            ),
+            points=20,
+            test_timeout=180.0,  # the rule: the reference's slowest test took 14.6-16.6 s (load 1.7)
+            time_limit=300.0,
+        ),
+    ),
+)
+
+CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3, CH4)}
 
 
 def stage_of_file(path: str) -> Stage | None:

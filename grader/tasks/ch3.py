@@ -11,8 +11,11 @@ import collections
 import json
 import math
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
 from grader.tree import load
 
@@ -40,8 +43,12 @@ def unigram_baseline(text: str, train_split: float = 0.9) -> float:
     return -sum(math.log((counts[c] + 1) / total) for c in val) / len(val)
 
 
-def train(seed: int = 0):
-    """Train the recipe's GPT on the corpus with the tree's modules: ``(trainer, tokenizer)``."""
+def train(seed: int = 0, build: Callable[[int], nn.Module] | None = None, **changes: Any):
+    """Train the recipe's GPT on the corpus with the tree's modules: ``(trainer, tokenizer)``.
+
+    ``build(vocab_size)`` makes another model to train the same way (chapter 4's Llama, on the
+    same data with the same trainer); ``changes`` override settings of :data:`TRAIN`.
+    """
     tok_mod, gpt_mod = load("ch3.tokenizer"), load("ch3.gpt")
     data_mod, trainer_mod = load("ch3.data"), load("ch3.trainer")
     text = corpus_text()
@@ -50,8 +57,11 @@ def train(seed: int = 0):
         text, tokenizer, block_size=BLOCK_SIZE, batch_size=BATCH_SIZE, seed=seed
     )
     torch.manual_seed(seed)
-    config = gpt_mod.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK_SIZE, **MODEL)
-    model = gpt_mod.GPT(config)
+    if build is None:
+        config = gpt_mod.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK_SIZE, **MODEL)
+        model = gpt_mod.GPT(config)
+    else:
+        model = build(tokenizer.vocab_size)
     trainer = trainer_mod.GPTTrainer(
         model,
         train_loader,
@@ -62,7 +72,7 @@ def train(seed: int = 0):
         tokenizer=tokenizer,
         seed=seed,
         quiet=True,
-        **TRAIN,
+        **(TRAIN | changes),
     )
     trainer.train()
     return trainer, tokenizer

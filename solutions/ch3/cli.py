@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,13 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train a GPT on a text file (or the built-in corpus)", **shows_defaults
     )
+    add_training_options(train, CONFIGS, Path("out/ch3"))
+    train.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
+
+    sample = sub.add_parser(
+        "sample", help="generate text from a checkpoint or a GPT-2 folder", **shows_defaults
+    )
+    sample.add_argument("--checkpoint", type=Path, required=True, help="folder or .pt file")
+    add_sampling_options(sample)
+    return parser
+
+
+def add_training_options(
+    train: argparse.ArgumentParser, configs: dict[str, dict[str, int]], out: Path
+) -> None:
+    """The options of ``train`` that every chapter's command line has (its model adds more)."""
     train.add_argument("--text", type=Path, help="UTF-8 text file (default: the built-in corpus)")
     train.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="kind")
     train.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
-    train.add_argument("--config", choices=sorted(CONFIGS), default="small", help="model shape")
+    train.add_argument("--config", choices=sorted(configs), default="small", help="model shape")
     train.add_argument("--block-size", type=int, help="override the config's context length")
-    train.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
-    train.add_argument("--out", type=Path, default=Path("out/ch3"), help="checkpoint folder")
+    train.add_argument("--out", type=Path, default=out, help="checkpoint folder")
     train.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
     train.add_argument("--warmup-steps", type=int, help="None means max_steps // 10")
     train.add_argument("--batch-size", type=int, default=12, help="sequences per micro-batch")
@@ -81,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sample = sub.add_parser(
-        "sample", help="generate text from a checkpoint or a GPT-2 folder", **shows_defaults
-    )
-    sample.add_argument("--checkpoint", type=Path, required=True, help="folder or .pt file")
+
+def add_sampling_options(sample: argparse.ArgumentParser) -> None:
+    """The options of ``sample`` that every chapter's command line has (what to sample from is
+    the chapter's own)."""
     sample.add_argument("--prompt", default="\n", help="the text to continue")
     sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     sample.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -93,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     sample.add_argument("--device", help="cuda, mps or cpu; None means the best present")
     sample.add_argument("--threads", type=int, default=default_threads(), help=THREADS_HELP)
-    return parser
 
 
 def make_tokenizer(kind: str, text: str, vocab_size: int = 512):
@@ -218,10 +231,32 @@ class ProgressBar:
 
 
 def train(args: argparse.Namespace) -> int:
+    return run_training(args, CONFIGS, _gpt, sample_text)
+
+
+def _gpt(args: argparse.Namespace, shape: dict[str, int], vocab_size: int):
+    from .gpt import GPT, GPTConfig
+
+    return GPT(GPTConfig(vocab_size=vocab_size, dropout=args.dropout, **shape))
+
+
+# build_model(args, shape, vocab_size) -> the model to train; shape is a row of the chapter's
+# CONFIGS, with "block_size" (the training windows' length) overridden by --block-size.
+ModelBuilder = Callable[[argparse.Namespace, dict[str, int], int], Any]
+
+
+def run_training(
+    args: argparse.Namespace,
+    configs: dict[str, dict[str, int]],
+    build_model: ModelBuilder,
+    sample: Callable[..., str],
+) -> int:
+    """``train`` with the options of :func:`add_training_options`, for any chapter's model:
+    the text, the tokenizer, the loaders, this chapter's trainer and progress bar, a checkpoint
+    in ``args.out``, and a sample made by ``sample(model, tokenizer, prompt, n, seed=...)``."""
     from contextlib import nullcontext
 
     from .data import create_dataloaders
-    from .gpt import GPT, GPTConfig
     from .trainer import GPTTrainer, TrainConfig, pick_device
 
     torch.set_num_threads(args.threads)
@@ -232,20 +267,20 @@ def train(args: argparse.Namespace) -> int:
         with naming(args.text, "not a UTF-8 text file"):
             text, source = args.text.read_text(encoding="utf-8"), str(args.text)
     tokenizer = make_tokenizer(args.tokenizer, text, args.vocab_size)
-    shape = dict(CONFIGS[args.config])
+    shape = dict(configs[args.config])
     if args.block_size:
         shape["block_size"] = args.block_size
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, dropout=args.dropout, **shape)
     train_loader, val_loader = create_dataloaders(
-        text, tokenizer, block_size=config.block_size, batch_size=args.batch_size, seed=args.seed
+        text, tokenizer, block_size=shape["block_size"], batch_size=args.batch_size, seed=args.seed
     )
     torch.manual_seed(args.seed)
-    model = GPT(config)
+    model = build_model(args, shape, tokenizer.vocab_size)
     device = pick_device(args.device)
     print(
-        f"training a {model.num_parameters():,}-parameter GPT ({args.config}) on {source}: "
-        f"{len(text):,} characters, {args.tokenizer} tokenizer of {tokenizer.vocab_size} tokens, "
-        f"on {device}" + (f" with {args.threads} thread(s)" if device.type == "cpu" else "")
+        f"training a {model.num_parameters():,}-parameter {type(model).__name__} ({args.config}) "
+        f"on {source}: {len(text):,} characters, {args.tokenizer} tokenizer of "
+        f"{tokenizer.vocab_size} tokens, on {device}"
+        + (f" with {args.threads} thread(s)" if device.type == "cpu" else "")
     )
     settings = TrainConfig(
         learning_rate=args.learning_rate,
@@ -264,7 +299,7 @@ def train(args: argparse.Namespace) -> int:
         with naming(args.out, "its training state does not fit this run"):
             trainer.load_checkpoint(args.out)
         print(f"resumed from {args.out} at step {trainer.step}")
-    tokens_per_step = args.batch_size * config.block_size * args.grad_accum_steps
+    tokens_per_step = args.batch_size * shape["block_size"] * args.grad_accum_steps
     bar = None if args.quiet else ProgressBar(trainer.step, args.max_steps, tokens_per_step)
     with bar or nullcontext():
         history = trainer.train(callback=bar)
@@ -272,7 +307,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"step {trainer.step}: validation loss {history['val'][-1]['loss']:.4f}")
     print(f"checkpoint: {args.out / 'checkpoint.pt'}")
     prompt = text[: min(16, len(text))]
-    print("sample:", prompt + sample_text(trainer.model, tokenizer, prompt, 200, seed=args.seed))
+    print("sample:", prompt + sample(trainer.model, tokenizer, prompt, 200, seed=args.seed))
     return 0
 
 

@@ -286,7 +286,8 @@ class BPETokenizer:
     """Byte-level BPE, as in GPT-2: ``BPETokenizer().train(text, vocab_size=1024)``.
 
     Attributes:
-        merges: ``{(a, b): new_id}`` in rank order (a lower rank is applied first).
+        merges: ``{(a, b): new_id}`` in rank order (a lower rank is applied first). Trained
+            merges make one new id each; a loaded file may make one id from several pairs.
         vocab: ``{id: bytes}`` for every token, special tokens included (as their UTF-8 bytes).
         special_tokens: ``{text: id}``. In ``encode`` every occurrence of a special token's text
             becomes its single id; special tokens never take part in merges.
@@ -315,14 +316,24 @@ class BPETokenizer:
         self.pattern = pattern
         self._ranks = {pair: rank for rank, pair in enumerate(self.merges)}
         self.vocab: dict[int, bytes] = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
-        for (a, b), i in self.merges.items():
-            if a not in self.vocab or b not in self.vocab:
-                raise ValueError(
-                    f"merge ({a}, {b}) -> {i} uses an id that is not defined before it"
-                )
-            if i in self.vocab:
-                raise ValueError(f"merge ({a}, {b}) -> {i} reuses id {i}")
-            self.vocab[i] = self.vocab[a] + self.vocab[b]
+        # Usually each merge makes a new token from two earlier ones. A tiktoken vocabulary
+        # converted to merges (Llama 3's tokenizer.json) lists every split of a token instead, in
+        # the rank of the token made: a split may use a token made further down the list, and
+        # several splits make the same token. So resolve in passes until every merge is defined.
+        pending = list(self.merges.items())
+        while pending:
+            later = []
+            for (a, b), i in pending:
+                if a not in self.vocab or b not in self.vocab:
+                    later.append(((a, b), i))
+                    continue
+                token = self.vocab[a] + self.vocab[b]
+                if self.vocab.setdefault(i, token) != token:
+                    raise ValueError(f"merge ({a}, {b}) -> {i} reuses id {i} for other bytes")
+            if len(later) == len(pending):
+                (a, b), i = later[0]
+                raise ValueError(f"merge ({a}, {b}) -> {i} uses an id that no merge defines")
+            pending = later
         for text, i in self.special_tokens.items():
             if i in self.vocab:
                 raise ValueError(f"special token {text!r} reuses id {i}")

@@ -134,7 +134,7 @@ def test_notebooks_exist_and_are_up_to_date():
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
     assert sorted(builder.NOTEBOOKS) == NOTEBOOKS, "every .ipynb under docs/ comes from the builder"
-    assert [p.parent.name for p in NOTEBOOKS] == ["chapter02", "chapter03"]
+    assert [p.parent.name for p in NOTEBOOKS] == ["chapter02", "chapter03", "chapter04"]
     for path in NOTEBOOKS:
         assert path.read_text(encoding="utf-8") == builder.render(path), (
             f"{_rel(path)} is out of date: run python docs/build_notebooks.py"
@@ -224,10 +224,100 @@ def test_numbers_quoted_in_the_text_match_the_code():
         "docs/chapter03/3_2_tokenizer.md": [f"stops at {stats['bpe_vocab_reached']}"],
     }
     assert n_gpt2 == 124_439_808, "GPT-2 small must have exactly 124,439,808 parameters"
+    quoted |= _chapter4_numbers()
     for doc, numbers in quoted.items():
-        text = (REPO_ROOT / doc).read_text(encoding="utf-8")
+        text = " ".join((REPO_ROOT / doc).read_text(encoding="utf-8").split())  # lines joined
         missing = [n for n in numbers if n not in text]
         assert not missing, f"{doc} should quote {missing} (what the code computes now)"
+
+
+def _chapter4_numbers() -> dict[str, list[str]]:
+    """The parameter counts and cache sizes chapter 4 quotes, from the reference's configs."""
+    from grader.tasks import ch3 as ch3_task
+    from grader.tasks import ch4 as ch4_task
+    from solutions.ch4.llama import LLAMA_3_2_1B, QWEN2_5_0_5B, Llama, LlamaConfig
+
+    with torch.device("meta"):  # shapes only
+        n_llama, n_qwen = Llama(LLAMA_3_2_1B).num_parameters(), Llama(QWEN2_5_0_5B).num_parameters()
+    c = LLAMA_3_2_1B
+    feed_forward = c.n_layers * 3 * c.dim * c.hidden_dim
+    attention = c.n_layers * (2 * c.dim * c.dim + 2 * c.dim * c.n_kv_heads * c.head_dim)
+    attention_mha = c.n_layers * 4 * c.dim * c.dim
+    cache_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 2  # bytes, bf16
+    vocab = len(set(ch3_task.corpus_text()))
+    e2e_llama = ch4_task.build_llama(vocab).num_parameters()
+    e2e_gpt = _gpt_params(vocab_size=vocab, block_size=ch3_task.BLOCK_SIZE, **ch3_task.MODEL)
+    embedding_share = (
+        c.vocab_size * c.dim / n_llama,
+        QWEN2_5_0_5B.vocab_size * QWEN2_5_0_5B.dim / n_qwen,
+    )
+    assert 0.18 < embedding_share[0] < 0.22 and 0.25 < embedding_share[1] < 0.3, (
+        f"4.4 says the embedding is a fifth of Llama-3.2-1B and more than a quarter of "
+        f"Qwen2.5-0.5B: {embedding_share}"
+    )
+    counts = [f"{n_llama:,}", f"{n_qwen:,}"]
+    spec = importlib.util.spec_from_file_location(
+        "bench", REPO_ROOT / "benchmarks/bench_kv_cache.py"
+    )
+    bench_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_module)
+    bench = bench_module.CONFIG
+    n_bench = Llama(LlamaConfig(**bench)).num_parameters()
+    return {
+        "docs/chapter04/4_1_overview.md": counts,
+        "docs/chapter04/4_4_model.md": [
+            *counts,
+            f"hold {feed_forward / 1e6:.0f}M parameters and attention {attention / 1e6:.0f}M",
+            f"attention would hold {attention_mha / 1e6:.0f}M",
+        ],
+        "docs/chapter04/4_3_attention.md": [
+            f"= {cache_per_token // 1024} KiB per token",
+            f"{cache_per_token * c.max_seq_len / 2**30:.0f} GiB at its {c.max_seq_len:,}-token",
+        ],
+        "docs/chapter04/4_7_e2e.md": [f"| {e2e_llama:,} |", f"| {e2e_gpt:,} |"],
+        "docs/chapter04/4_6_generate.md": [
+            f"(vocabulary {bench['vocab_size']:,}, {bench['n_layers']}",
+            f"layers, {bench['dim']} wide, {bench['n_heads']} query heads sharing "
+            f"{bench['n_kv_heads']} key-value heads: {n_bench:,} parameters) from a "
+            f"{bench_module.PROMPT}-token",
+        ],
+        "grader/tasks/ch4.py": [f"{e2e_llama:,} parameters against {e2e_gpt:,}"],
+    }
+
+
+def _chapter4_settings(baseline: float) -> dict[str, list[tuple[str | None, str | None, str]]]:
+    """What 4.7 says about the e2e stage and the command line, from the task and the parser."""
+    from grader.tasks import ch3 as ch3_task
+    from grader.tasks import ch4 as task
+    from solutions.ch4.cli import CONFIGS, build_parser
+
+    model, small = task.MODEL, CONFIGS["small"]
+    cli = build_parser().parse_args(["train"])
+    assert ch3_task.TRAIN["learning_rate"] == 1e-2 and ch3_task.TRAIN["warmup_steps"] == 60
+    assert ch3_task.TRAIN["grad_clip"] == 1.0 and cli.out.as_posix() == "out/ch4"
+    return {
+        "docs/chapter04/4_7_e2e.md": [
+            ("tests/ch4/test_e2e.py", "val_loss < 0.5 * baseline", "below **half the unigram"),
+            ("tests/ch4/test_e2e.py", "rate >= 0.9", "at least 90% of the words"),
+            ("tests/ch4/test_e2e.py", '"the ", seed, 300)', "three samples of 300 characters"),
+            ("grader/tasks/ch4.py", "temperature: float = 0.8", "at temperature 0.8"),
+            (None, None, f"for {task.STEPS} steps"),
+            (None, None, f"{ch3_task.N_SENTENCES:,} sentences of the built-in corpus"),
+            (None, None, f"(batch {ch3_task.BATCH_SIZE}, block {ch3_task.BLOCK_SIZE}, peak"),
+            (None, None, f"after {ch3_task.TRAIN['warmup_steps']} warm-up steps"),
+            (None, None, f"{model['n_layers']} layers, {model['n_heads']} heads, "),
+            (None, None, f"{model['dim']} wide), with {model['n_kv_heads']}"),
+            (None, None, f"SwiGLU of width {model['hidden_dim']}"),
+            (None, None, f"{baseline:.2f} nats per character"),
+            (None, None, f"the bar is {0.5 * baseline:.2f}"),
+            (
+                None,
+                None,
+                f"`--config small` is {small['n_layers']} layers, {small['n_heads']} heads, "
+                f"{small['dim']} wide, block {small['block_size']}",
+            ),
+        ],
+    }
 
 
 def _source(relative: str) -> str:
@@ -299,6 +389,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
             ),
         ],
     }
+    pairs |= _chapter4_settings(baseline)
     assert train["learning_rate"] == 1e-2, "3.8 quotes the e2e stage's peak learning rate 10^-2"
     for doc, checks in pairs.items():
         text = " ".join(_source(doc).split())  # line breaks in the prose do not matter

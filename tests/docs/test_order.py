@@ -249,20 +249,21 @@ def test_snippet_builder_finds_functions_methods_and_names():
         builder.source_of("grader/tasks/ch2.py", "nothing_here")
 
 
-def test_command_lines_in_the_docs_parse():
-    """Every `python -m solutions.ch3 ...` line a section shows is accepted by the real command
-    line's parser (ch3/cli.py), so a renamed option cannot stay in the text."""
+@pytest.mark.parametrize("chapter", ["ch3", "ch4"])
+def test_command_lines_in_the_docs_parse(chapter):
+    """Every `python -m solutions.chN ...` line a section or the README shows is accepted by the
+    real command line's parser (chN/cli.py), so a renamed option cannot stay in the text."""
+    import importlib
     import shlex
 
-    from solutions.ch3.cli import build_parser
-
-    parser = build_parser()
+    parser = importlib.import_module(f"solutions.{chapter}.cli").build_parser()
+    pattern = rf"^python -m (solutions|exercises)\.{chapter} "
     lines = [
         line.split("#", 1)[0]
-        for path in DOCS.rglob("*.md")
+        for path in [*DOCS.rglob("*.md"), REPO_ROOT / "README.md"]
         for line in path.read_text(encoding="utf-8").splitlines()
-        if re.match(r"^python -m (solutions|exercises)\.ch3 ", line)
+        if re.match(pattern, line)
     ]
-    assert lines, "no section shows the command line"
+    assert lines, f"no section shows the {chapter} command line"
     for line in lines:
         parser.parse_args(shlex.split(line)[3:])  # SystemExit names the bad option

@@ -43,6 +43,18 @@ TOP_K = """\
 """
 RETURN = "    return logits\n    # END SOLUTION"
 
+# apply_rope's rotate-half lines, replaced by Meta's interleaved pairs in one broken copy
+ROTATE_HALF = """\
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hd/2) each
+    rotated = torch.cat([-x2, x1], dim=-1)  # (B, nh, T, hd)
+    return x * c + rotated * s
+"""
+NEIGHBOUR_PAIRS = """\
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = c[..., : x.size(-1) // 2], s[..., : x.size(-1) // 2]
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)
+"""
+
 BROKEN = (
     Broken(
         "no_scale",
@@ -194,6 +206,168 @@ BROKEN = (
         ),
         "came out as the temperature applied after top-k and top-p",
     ),
+    Broken(
+        "rmsnorm_without_float32_upcast",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (("x32 = x.float()", "x32 = x", 1),),
+        "came out as RMSNorm computed in float16",
+    ),
+    Broken(
+        "rmsnorm_mean_instead_of_mean_of_squares",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (("x32.pow(2).mean(dim=-1", "x32.mean(dim=-1", 1),),
+        "the mean of x instead of the mean of its squares",
+    ),
+    Broken(
+        "rmsnorm_centred_like_layernorm",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (("x32 = x.float()", "x32 = x.float() - x.float().mean(dim=-1, keepdim=True)", 1),),
+        "came out as LayerNorm's normalisation",
+    ),
+    Broken(
+        "rope_cache_interleaved",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (
+            (
+                "angles = torch.cat([angles, angles], dim=-1)",
+                "angles = angles.repeat_interleave(2, dim=-1)",
+                1,
+            ),
+        ),
+        "came out as Meta's interleaved layout",
+    ),
+    Broken(
+        "rope_applied_to_neighbour_pairs",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        ((ROTATE_HALF, NEIGHBOUR_PAIRS, 1),),
+        "came out as RoPE on neighbouring pairs",
+    ),
+    Broken(
+        "rope_rotated_the_wrong_way",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (("torch.cat([-x2, x1], dim=-1)", "torch.cat([x2, -x1], dim=-1)", 1),),
+        "came out as a rotation the wrong way round",
+    ),
+    Broken(
+        "rope_positions_ignored",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (
+            ("c = cos[positions].to(x.dtype)", "c = cos[: x.size(-2)].to(x.dtype)", 1),
+            ("s = sin[positions].to(x.dtype)", "s = sin[: x.size(-2)].to(x.dtype)", 1),
+        ),
+        "came out as RoPE at positions 0..T-1 instead of the positions given",
+    ),
+    Broken(
+        "llama3_scaling_divides_everything",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (
+            (
+                "return torch.where(wavelength < high_freq_wavelength, inv_freq, scaled)",
+                "return inv_freq / factor",
+                1,
+            ),
+        ),
+        "came out as every frequency divided by factor",
+    ),
+    Broken(
+        "swiglu_silu_on_up_proj",
+        "ch4.norm_rope",
+        "ch4/layers.py",
+        (
+            (
+                "F.silu(self.gate_proj(x)) * self.up_proj(x)",
+                "self.gate_proj(x) * F.silu(self.up_proj(x))",
+                1,
+            ),
+        ),
+        "came out as silu applied to up_proj's output",
+    ),
+    Broken(
+        "gqa_is_causal_with_a_cache",
+        "ch4.attention",
+        "ch4/attention.py",
+        (("(q, k, v, attn_mask=mask)", "(q, k, v, is_causal=True)", 1),),
+        "aligned to the top-left",
+    ),
+    Broken(
+        "gqa_causal_mask_sliced_to_the_first_rows",
+        "ch4.attention",
+        "ch4/attention.py",
+        (("query_pos = torch.arange(S - T, S,", "query_pos = torch.arange(0, T,", 1),),
+        "aligned to the top-left",
+    ),
+    Broken(
+        "gqa_rope_at_position_zero_when_decoding",
+        "ch4.attention",
+        "ch4/attention.py",
+        (("rope_positions(start_pos, T,", "rope_positions(0, T,", 1),),
+        "rotated at positions 0..T-1 in every call, not at start_pos",
+    ),
+    Broken(
+        "gqa_repeat_instead_of_repeat_interleave",
+        "ch4.attention",
+        "ch4/attention.py",
+        (
+            ("k = k.repeat_interleave(n_rep, dim=1)", "k = k.repeat(1, n_rep, 1, 1)", 1),
+            ("v = v.repeat_interleave(n_rep, dim=1)", "v = v.repeat(1, n_rep, 1, 1)", 1),
+        ),
+        "tiled with repeat (0 1 0 1 ...) instead of repeat_interleave",
+    ),
+    Broken(
+        "llama_forgets_to_tie_the_embeddings",
+        "ch4.model",
+        "ch4/llama.py",
+        (("self.lm_head.weight = self.embed_tokens.weight\n        self.apply", "self.apply", 1),),
+        "lm_head.weight should be the same Parameter as embed_tokens.weight",
+    ),
+    Broken(
+        "llama_counts_the_tied_matrix_twice",
+        "ch4.model",
+        "ch4/llama.py",
+        (
+            (
+                "sum(p.numel() for p in self.parameters())",
+                "sum(p.numel() for _, p in self.named_parameters(remove_duplicate=False))",
+                1,
+            ),
+        ),
+        "tied embedding matrix counted twice",
+    ),
+    Broken(
+        "moe_softmax_over_all_experts",
+        "ch4.moe",
+        "ch4/moe.py",
+        (
+            (
+                "weights = F.softmax(top_logits.float(), dim=-1).to(x.dtype)",
+                "weights = F.softmax(logits.float(), dim=-1).gather(-1, chosen).to(x.dtype)",
+                1,
+            ),
+        ),
+        "came out as expert weights taken from a softmax over all the experts",
+    ),
+    Broken(
+        "moe_aux_loss_per_token",
+        "ch4.moe",
+        "ch4/moe.py",
+        (("fraction = routed.mean(dim=0) / self.top_k", "fraction = routed.mean(dim=0)", 1),),
+        "f_e as a share of the tokens",
+    ),
+    Broken(
+        "generate_feeds_the_whole_sequence_with_a_cache",
+        "ch4.generate",
+        "ch4/generate.py",
+        (("new = next_id  # (B, 1)", "new = idx", 1),),
+        "came out as the whole sequence fed at every step",
+    ),
 )
 
 
@@ -232,9 +406,9 @@ def first_failures(jobs: list[dict[str, str]], folder: Path) -> dict[str, dict |
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> dict[str, dict | None]:
-    """The first failure of each broken copy's stage: ch2's copies and ch3's in two processes."""
+    """The first failure of each broken copy's stage: one process per chapter, two at a time."""
     root = tmp_path_factory.mktemp("broken")
-    jobs: dict[str, list[dict[str, str]]] = {"ch2": [], "ch3": []}
+    jobs: dict[str, list[dict[str, str]]] = {"ch2": [], "ch3": [], "ch4": []}
     for broken in BROKEN:
         chapter, stage = broken.stage.split(".")
         tests = manifest.CHAPTERS[chapter].stage(stage).tests
