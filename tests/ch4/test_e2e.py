@@ -11,7 +11,7 @@ from grader import artifacts
 from grader.tasks import ch3 as ch3_task
 from grader.tasks import ch4 as recipe
 from grader.tree import load
-from tests.helpers import check, check_equal
+from tests.helpers import check_at_least, check_below, check_equal
 
 ALL = "ch4/layers.py, attention.py, llama.py and generate.py (all earlier stages pass?)"
 PROMPTS = ["the ", "a little ", "my dog "]
@@ -39,8 +39,9 @@ def test_llama_learns_the_structure_of_the_corpus(trained):
     artifacts.save("e2e", result | {"val_loss": val_loss})
     baseline = ch3_task.unigram_baseline(ch3_task.corpus_text())
     print(f"validation loss {val_loss:.3f} nats/char, unigram baseline {baseline:.3f}")
-    check(
-        val_loss < 0.5 * baseline,
+    check_below(
+        val_loss,
+        0.5 * baseline,
         f"after {recipe.STEPS} steps the validation loss should be below half the unigram "
         f"baseline ({0.5 * baseline:.3f} nats per character; a model that learned nothing but "
         f"letter frequencies gets {baseline:.3f}), got {val_loss:.3f}. Look at {ALL}.",
@@ -49,8 +50,9 @@ def test_llama_learns_the_structure_of_the_corpus(trained):
     rate = load("ch3.corpus").word_rate(" ".join(texts))
     artifacts.save("e2e", result | {"val_loss": val_loss, "sample": "the " + texts[0]})
     print(f"share of generated words in the corpus vocabulary: {rate:.3f}")
-    check(
-        rate >= 0.9,
+    check_at_least(
+        rate,
+        0.9,
         f"at least 90% of the generated words should be words of the corpus, got {rate:.0%}: "
         f"{texts[0][:120]!r}. Look at {ALL}.",
     )
