@@ -315,6 +315,8 @@ def _handle(conn: socket.socket, request: dict[str, Any]) -> None:
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # what it left running, as for a fresh process
             code = os.waitstatus_to_exitcode(status)
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"exit": code}).encode() + b"\n")

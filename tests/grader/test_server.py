@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import pytest
 
@@ -69,12 +70,13 @@ def test_a_stage_on_the_server_reads_like_a_fresh_process(client, make_stage, mo
 
 
 def test_a_hang_is_stopped_with_its_whole_process_group(client, make_stage):
+    marker = f"llmfs-orphan-{uuid.uuid4().hex[:8]}"  # this run's child, not an earlier run's
     source = stage_test(
-        """
+        f"""
         import subprocess, sys
 
         def test_hang():
-            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # llmfs-orphan"])
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # {marker}"])
             mod.stubborn_loop()
         """
     )
@@ -82,9 +84,9 @@ def test_a_hang_is_stopped_with_its_whole_process_group(client, make_stage):
     result = graded(client, make_stage, source, test_timeout=2.0, time_limit=30.0)
     assert result.tests[0].status == TIMED_OUT and time.monotonic() - start < 25
     deadline = time.monotonic() + 5
-    while _alive("llmfs-orphan") and time.monotonic() < deadline:
+    while _alive(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive("llmfs-orphan")
+    assert not _alive(marker)
 
 
 @pytest.mark.parametrize(
