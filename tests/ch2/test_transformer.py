@@ -17,6 +17,7 @@ from tests.helpers import (
     check,
     check_close,
     check_equal,
+    check_matches,
     check_raises,
     check_shape,
     fail,
@@ -80,7 +81,9 @@ def test_forward_shape():
     src, tgt = batch()
     logits = small_model()(src, tgt)
     check_shape(logits, (3, 6, TGT_V), "forward(src (3, 7), tgt (3, 6))", MODEL + ".forward")
-    check(logits.dtype == torch.float32, f"logits should be float32. Look at {MODEL}.forward.")
+    check_matches(
+        logits.dtype, torch.float32, f"logits should be float32. Look at {MODEL}.forward."
+    )
 
 
 def test_embedding_is_scaled_and_positioned():
@@ -324,14 +327,16 @@ def test_beam_search_beats_myopic_greedy():
     )
     src = torch.full((2, 3), 5)
     greedy = model.greedy_decode(src, bos_id=BOS, eos_id=EOS, max_len=6)
-    check(
-        greedy[0].tolist() == [BOS, A, EOS],
+    check_matches(
+        greedy[0].tolist(),
+        [BOS, A, EOS],
         f"greedy_decode on the scripted table should take A (0.6) then EOS, got "
         f"{greedy[0].tolist()}. Look at {GREEDY}.",
     )
     beam = model.beam_search(src, BOS, EOS, beam_size=2, max_len=6, length_penalty=1.0)
-    check(
-        beam.tolist() == [[BOS, B, EOS]] * 2,
+    check_matches(
+        beam.tolist(),
+        [[BOS, B, EOS]] * 2,
         f"beam_search(beam_size=2) should find [BOS, B, EOS] (probability 0.4 * 0.9 = 0.36) "
         f"rather than greedy's [BOS, A, EOS] (0.6 * 0.4 = 0.24), got {beam.tolist()}. Keep the "
         f"beam_size best extensions by total log-probability. Look at {BEAM}.",
@@ -348,14 +353,16 @@ def test_beam_search_length_penalty():
     )
     src = torch.full((1, 2), 5)
     raw = model.beam_search(src, BOS, EOS, beam_size=3, max_len=5, length_penalty=0.0)
-    check(
-        raw.tolist() == [[BOS, EOS]],
+    check_matches(
+        raw.tolist(),
+        [[BOS, EOS]],
         f"with length_penalty=0 beam_search should pick the most probable sequence [BOS, EOS] "
         f"(0.5), got {raw.tolist()}. Look at {BEAM}.",
     )
     normalised = model.beam_search(src, BOS, EOS, beam_size=3, max_len=5, length_penalty=1.0)
-    check(
-        normalised.tolist() == [[BOS, A, B, EOS]],
+    check_matches(
+        normalised.tolist(),
+        [[BOS, A, B, EOS]],
         f"with length_penalty=1 beam_search should pick the best log-probability per token, "
         f"[BOS, A, B, EOS] (0.45 over 3 tokens beats 0.5 over 1), got {normalised.tolist()}. "
         f"Look at {BEAM}.",

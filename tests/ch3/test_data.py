@@ -11,6 +11,7 @@ from tests.helpers import (
     Mistake,
     check,
     check_equal,
+    check_matches,
     check_raises,
     check_same,
     fail,
@@ -62,8 +63,9 @@ def check_batch(x, y, batch_size, block_size, where):
             f"{name} should be an int64 (torch.long) tensor of token ids, got "
             f"{getattr(t, 'dtype', type(t).__name__)}. Look at {where}.",
         )
-        check(
-            tuple(t.shape) == (batch_size, block_size),
+        check_matches(
+            tuple(t.shape),
+            (batch_size, block_size),
             f"{name} should have shape (batch_size, block_size) = {(batch_size, block_size)}, "
             f"got {tuple(t.shape)}. Look at {where}.",
         )
@@ -148,8 +150,9 @@ def test_validation_windows_are_fixed_and_do_not_overlap():
     check_equal(again, first, "the validation windows of two passes", WHERE)
     starts = sorted(s for row in first for s in row)
     gaps = {b - a for a, b in zip(starts, starts[1:], strict=False)}
-    check(
-        gaps == {block_size},
+    check_matches(
+        gaps,
+        {block_size},
         f"validation windows should start block_size={block_size} apart (each token is "
         f"predicted once), got start gaps {sorted(gaps)[:5]}. Look at {WHERE}.",
     )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from grader.tree import load
-from tests.helpers import Mistake, check, check_equal, check_raises, check_same, fail
+from tests.helpers import Mistake, check, check_equal, check_matches, check_raises, check_same, fail
 
 sampling = load("ch3.sampling")
 generate = sampling.generate
@@ -67,8 +67,9 @@ def draw(model, n: int = N, seed: int = 0, **kw) -> torch.Tensor:
     idx = torch.zeros(n, 1, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
     out = generate(model, idx, 1, generator=g, **kw)
-    check(
-        tuple(out.shape) == (n, 2),
+    check_matches(
+        tuple(out.shape),
+        (n, 2),
         f"generate(idx of shape ({n}, 1), max_new_tokens=1) should return shape ({n}, 2), got "
         f"{tuple(out.shape)}. Look at {WHERE}.",
     )
@@ -303,7 +304,9 @@ def test_seeded_runs_repeat_exactly():
         f"seeded runs with top_k and top_p should repeat. Look at {WHERE}.",
     )
     check_equal(tuple(a.shape), (2, 33), "the output shape for idx (2, 3) and 30 new tokens", WHERE)
-    check(a.dtype == torch.long, f"the output should be int64, got {a.dtype}. Look at {WHERE}.")
+    check_matches(
+        a.dtype, torch.long, f"the output should be int64, got {a.dtype}. Look at {WHERE}."
+    )
     check_same(a[:, :3], idx, f"the output should start with the prompt. Look at {WHERE}.")
 
 

@@ -20,6 +20,7 @@ from tests.helpers import (
     check,
     check_close,
     check_equal,
+    check_matches,
     check_same,
     fail,
     fail_if_mistake,
@@ -131,8 +132,9 @@ def test_adamw_decays_only_2d_parameters():
     for name, p in model.named_parameters():
         check(id(p) in seen, f"parameter {name} is in no optimizer group. Look at {where}.")
         want = 0.05 if p.dim() >= 2 else 0.0
-        check(
-            seen[id(p)] == want,
+        check_matches(
+            seen[id(p)],
+            want,
             f"parameter {name} (shape {tuple(p.shape)}) should have weight_decay {want} "
             f"(decay 2-D weights only, never biases or LayerNorm), got {seen[id(p)]}. Look at "
             f"{where}.",
@@ -318,8 +320,9 @@ def test_evaluate_averages_a_fixed_set_of_validation_batches():
     )
     model.train()
     again = trainer.evaluate()
-    check(
-        again == got,
+    check_matches(
+        again,
+        got,
         f"two evaluations of the same model should be equal, got {got} and "
         f"{again}: use the same batches, in eval mode. Look at {where}.",
     )
@@ -418,8 +421,9 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     trainer.train_step()
     with pytest.raises(OSError):
         trainer.save_checkpoint(tmp_path / "ckpt.pt")
-    check(
-        path.read_bytes() == good,
+    check_matches(
+        path.read_bytes(),
+        good,
         "a save that failed half-way destroyed the previous "
         "checkpoint: write to a temporary file in the same folder, then os.replace it. Look at "
         "ch3/trainer.py, GPTTrainer.save_checkpoint.",
