@@ -420,9 +420,55 @@ print("reloaded model, same text:", sample(fresh, 1, top_p=0.9) == sample(model,
     ),
 ]
 
+CH5 = [
+    (
+        "markdown",
+        """\
+# Chapter 5: fine-tuning and alignment, cell by cell
+
+This notebook follows the chapter's sections ([5.1](5_1_overview.md) gives the map): LoRA
+adapters on a small GPT ([5.2](5_2_lora.md)). The grader checks all of it more thoroughly:
+`python -m grader ch5`.""",
+    ),
+    (
+        "code",
+        SETUP.format(
+            chapter="chapter05",
+            imports="""\
+gpt = importlib.import_module(f"{TREE}.ch3.gpt")
+lora = importlib.import_module(f"{TREE}.ch5.lora")""",
+        ),
+    ),
+    (
+        "markdown",
+        """\
+## 5.2 LoRA
+
+Adapters on the attention's q, k, v projection of a small GPT: the same logits while B is zero,
+a fraction of the parameters to train, and a merge that changes nothing.""",
+    ),
+    (
+        "code",
+        """\
+model = gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+idx = torch.randint(0, 64, (1, 16))
+before = model(idx)[0]
+print("adapted layers:", lora.apply_lora(model, r=4, alpha=8.0))
+print("trainable numbers:", lora.mark_only_lora_trainable(model), "of", model.num_parameters())
+print("same logits with fresh adapters:", torch.equal(model(idx)[0], before))
+for name, p in model.named_parameters():
+    if name.endswith("lora_B"):
+        torch.nn.init.normal_(p, std=0.1)  # as if trained
+adapted = model(idx)[0]
+lora.merge_lora(model)
+print("merged model, same logits:", torch.allclose(model(idx)[0], adapted, atol=1e-5))""",
+    ),
+]
+
 NOTEBOOKS = {
     DOCS / "chapter02" / "chapter02.ipynb": CH2,
     DOCS / "chapter03" / "chapter03.ipynb": CH3,
+    DOCS / "chapter05" / "chapter05.ipynb": CH5,
 }
 
 

@@ -421,7 +421,52 @@ CH3 = Chapter(
     ),
 )
 
-CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3)}
+CH5 = Chapter(
+    name="ch5",
+    title="Fine-tuning and alignment",
+    stages=(
+        Stage(
+            name="lora",
+            title="LoRA: low-rank adapters on a frozen model",
+            tests="tests/ch5/test_lora.py",
+            files=("ch5/lora.py",),
+            doc="docs/chapter05/5_2_lora.md",
+            hints=(
+                "LoRALinear keeps the base Linear (frozen: requires_grad_(False) on its weight and "
+                "bias) and adds scaling * x A^T B^T with scaling = alpha / r; A (r, in) is "
+                "Kaiming-uniform, B (out, r) zeros, so a fresh adapter changes nothing.",
+                Hint(
+                    "merge adds scaling * (B @ A) to base.weight in place, under torch.no_grad(), "
+                    "and sets merged = True so that forward stops adding the update; unmerge "
+                    "subtracts it again.",
+                    tests=(
+                        "test_merge_and_unmerge_are_exact",
+                        "test_merge_lora_gives_the_base_architecture_back",
+                    ),
+                ),
+                Hint(
+                    "apply_lora: collect (name, module) from model.named_modules() first, then "
+                    "setattr(parent, child, LoRALinear(module, r, alpha)) with the parent found by "
+                    "model.get_submodule(name.rpartition('.')[0]); skip a Linear whose parent is "
+                    "already a LoRALinear.",
+                    tests=(
+                        "test_apply_lora_replaces_the_named_layers_in_place",
+                        "test_trainable_count_is_r_times_in_plus_out",
+                        "test_gradients_reach_only_a_and_b",
+                    ),
+                ),
+                Hint(
+                    "The adapters are the entries of model.state_dict() whose last name part is "
+                    "lora_A or lora_B; load them with model.load_state_dict(state, strict=False) "
+                    "after checking every key.",
+                    tests=("test_adapters_save_and_load_alone",),
+                ),
+            ),
+        ),
+    ),
+)
+
+CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3, CH5)}
 
 
 def stage_of_file(path: str) -> Stage | None:

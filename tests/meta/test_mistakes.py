@@ -194,6 +194,39 @@ BROKEN = (
         ),
         "came out as the temperature applied after top-k and top-p",
     ),
+    Broken(
+        "lora_forward_without_scale",
+        "ch5.lora",
+        "ch5/lora.py",
+        (("return out + self.scaling * (self.dropout(x)", "return out + (self.dropout(x)", 1),),
+        "came out as the update without its alpha / r scale",
+    ),
+    Broken(
+        "lora_merge_without_scale",
+        "ch5.lora",
+        "ch5/lora.py",
+        (
+            (
+                "self.base.weight += self.delta_weight()",
+                "self.base.weight += self.lora_B @ self.lora_A",
+                1,
+            ),
+        ),
+        "came out as W + B A, without the alpha / r scale",
+    ),
+    Broken(
+        "lora_unmerge_adds_again",
+        "ch5.lora",
+        "ch5/lora.py",
+        (
+            (
+                "self.base.weight -= self.delta_weight()",
+                "self.base.weight += self.delta_weight()",
+                1,
+            ),
+        ),
+        "came out as W + 2 (alpha / r) B A (the update added again)",
+    ),
 )
 
 
@@ -232,9 +265,9 @@ def first_failures(jobs: list[dict[str, str]], folder: Path) -> dict[str, dict |
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> dict[str, dict | None]:
-    """The first failure of each broken copy's stage: ch2's copies and ch3's in two processes."""
+    """The first failure of each broken copy's stage: one process per chapter, two at a time."""
     root = tmp_path_factory.mktemp("broken")
-    jobs: dict[str, list[dict[str, str]]] = {"ch2": [], "ch3": []}
+    jobs: dict[str, list[dict[str, str]]] = {b.stage.split(".")[0]: [] for b in BROKEN}
     for broken in BROKEN:
         chapter, stage = broken.stage.split(".")
         tests = manifest.CHAPTERS[chapter].stage(stage).tests
