@@ -427,7 +427,8 @@ CH5 = [
 # Chapter 5: fine-tuning and alignment, cell by cell
 
 This notebook follows the chapter's sections ([5.1](5_1_overview.md) gives the map): LoRA
-adapters on a small GPT ([5.2](5_2_lora.md)). The grader checks all of it more thoroughly:
+adapters on a small GPT ([5.2](5_2_lora.md)), a chat example and its loss mask
+([5.3](5_3_sft.md)). The grader checks all of it more thoroughly:
 `python -m grader ch5`.""",
     ),
     (
@@ -436,7 +437,8 @@ adapters on a small GPT ([5.2](5_2_lora.md)). The grader checks all of it more t
             chapter="chapter05",
             imports="""\
 gpt = importlib.import_module(f"{TREE}.ch3.gpt")
-lora = importlib.import_module(f"{TREE}.ch5.lora")""",
+lora = importlib.import_module(f"{TREE}.ch5.lora")
+sft = importlib.import_module(f"{TREE}.ch5.sft")""",
         ),
     ),
     (
@@ -462,6 +464,27 @@ for name, p in model.named_parameters():
 adapted = model(idx)[0]
 lora.merge_lora(model)
 print("merged model, same logits:", torch.allclose(model(idx)[0], adapted, atol=1e-5))""",
+    ),
+    (
+        "markdown",
+        """\
+## 5.3 Supervised fine-tuning
+
+A conversation in the chat template, its labels (the assistant's tokens and end-of-turn only),
+and the one shift of `collate`.""",
+    ),
+    (
+        "code",
+        """\
+tok = sft.chat_tokenizer()
+chat = [{"role": "user", "content": "2+5"}, {"role": "assistant", "content": "7"}]
+print(sft.render_chat(chat))
+ids, labels = sft.build_example(tok, chat)
+for i, label in zip(ids, labels, strict=True):
+    print(f"{tok.decode([i])!r:>16} {'learned' if label != -1 else '-'}")
+x, y = sft.collate([(ids, labels)], pad_id=0)
+print("x:", x.tolist())
+print("y:", y.tolist())""",
     ),
 ]
 

@@ -463,6 +463,33 @@ CH5 = Chapter(
                 ),
             ),
         ),
+        Stage(
+            name="sft",
+            title="Supervised fine-tuning: chat template, loss mask, batches",
+            tests="tests/ch5/test_sft.py",
+            files=("ch5/sft.py",),
+            doc="docs/chapter05/5_3_sft.md",
+            hints=(
+                "build_example: per message, the role's special id, then tokenizer.encode(content) "
+                "plus the <|end|> id; the labels copy the ids of an assistant's content and its "
+                "<|end|>, and are -1 everywhere else.",
+                Hint(
+                    "collate shifts once: x = ids[:-1], y = labels[1:]; pad x with pad_id and y with "
+                    "-1 on the right, to the longest example.",
+                    tests=("test_collate_shifts_once_and_pads_with_ignored_labels",),
+                ),
+                Hint(
+                    "masked_cross_entropy: gather log_softmax at the targets (clamp -1 to 0 to "
+                    "index), multiply by the mask, sum, and divide by the number of labelled "
+                    "positions, not by B * T.",
+                    tests=(
+                        "test_masked_cross_entropy_counts_only_labelled_tokens",
+                        "test_masked_positions_get_no_gradient",
+                        "test_sft_loss_is_the_models_masked_loss",
+                    ),
+                ),
+            ),
+        ),
     ),
 )
 

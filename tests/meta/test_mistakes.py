@@ -227,6 +227,33 @@ BROKEN = (
         ),
         "came out as W + 2 (alpha / r) B A (the update added again)",
     ),
+    Broken(
+        "sft_end_token_masked",
+        "ch5.sft",
+        "ch5/sft.py",
+        (
+            (
+                "labels += [IGNORE] + (body if learn",
+                "labels += [IGNORE] + (body[:-1] + [IGNORE] if learn",
+                1,
+            ),
+        ),
+        "came out as labels with the assistant's end-of-turn token masked",
+    ),
+    Broken(
+        "sft_labels_not_shifted",
+        "ch5.sft",
+        "ch5/sft.py",
+        (("torch.tensor(labels[1:]", "torch.tensor(labels[:-1]", 1),),
+        "came out as labels not shifted",
+    ),
+    Broken(
+        "sft_mean_over_all_positions",
+        "ch5.sft",
+        "ch5/sft.py",
+        (("(picked * mask).sum() / count", "(picked * mask).sum() / mask.numel()", 1),),
+        "came out as the mean over every position",
+    ),
 )
 
 
