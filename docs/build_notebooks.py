@@ -428,7 +428,7 @@ CH5 = [
 
 This notebook follows the chapter's sections ([5.1](5_1_overview.md) gives the map): LoRA
 adapters on a small GPT ([5.2](5_2_lora.md)), a chat example and its loss mask
-([5.3](5_3_sft.md)). The grader checks all of it more thoroughly:
+([5.3](5_3_sft.md)), the DPO loss of a chosen and a rejected answer ([5.4](5_4_dpo.md)). The grader checks all of it more thoroughly:
 `python -m grader ch5`.""",
     ),
     (
@@ -438,7 +438,8 @@ adapters on a small GPT ([5.2](5_2_lora.md)), a chat example and its loss mask
             imports="""\
 gpt = importlib.import_module(f"{TREE}.ch3.gpt")
 lora = importlib.import_module(f"{TREE}.ch5.lora")
-sft = importlib.import_module(f"{TREE}.ch5.sft")""",
+sft = importlib.import_module(f"{TREE}.ch5.sft")
+dpo = importlib.import_module(f"{TREE}.ch5.dpo")""",
         ),
     ),
     (
@@ -485,6 +486,32 @@ for i, label in zip(ids, labels, strict=True):
 x, y = sft.collate([(ids, labels)], pad_id=0)
 print("x:", x.tolist())
 print("y:", y.tolist())""",
+    ),
+    (
+        "markdown",
+        """\
+## 5.4 Direct preference optimization
+
+A policy and its frozen reference score a chosen and a rejected answer; the loss starts at
+log 2, and a policy that raises the chosen answer earns a positive margin.""",
+    ),
+    (
+        "code",
+        """\
+import math
+
+config = gpt.GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32)
+policy = gpt.GPT(config)
+reference = dpo.frozen_reference(policy)
+pairs = []
+for answer in ("7", "8"):
+    chat[1]["content"] = answer
+    pairs.append(sft.build_example(tok, chat))
+x, y = sft.collate(pairs, pad_id=0)
+chosen, rejected = dpo.sequence_logprobs(policy, x, y)
+ref_chosen, ref_rejected = dpo.sequence_logprobs(reference, x, y)
+loss, r_w, r_l = dpo.dpo_loss(chosen[None], rejected[None], ref_chosen[None], ref_rejected[None])
+print(f"loss {loss.item():.4f} (log 2 = {math.log(2):.4f}), margin {(r_w - r_l).item():+.3f}")""",
     ),
 ]
 

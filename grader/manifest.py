@@ -490,6 +490,32 @@ CH5 = Chapter(
                 ),
             ),
         ),
+        Stage(
+            name="dpo",
+            title="Direct preference optimization",
+            tests="tests/ch5/test_dpo.py",
+            files=("ch5/dpo.py",),
+            doc="docs/chapter05/5_4_dpo.md",
+            hints=(
+                "token_logprobs: log_softmax over the vocabulary, gather at y (clamp -1 to 0 to "
+                "index), then zero the positions where y is -1; sequence_logprobs sums them.",
+                Hint(
+                    "dpo_loss: rewards are beta * (policy - reference) for chosen and rejected; the "
+                    "loss is -F.logsigmoid(chosen_rewards - rejected_rewards).mean(), and the "
+                    "rewards you return are detached.",
+                    tests=(
+                        "test_dpo_loss_matches_the_closed_form",
+                        "test_equal_policy_and_reference_give_log_2",
+                        "test_gradient_raises_chosen_and_lowers_rejected",
+                    ),
+                ),
+                Hint(
+                    "frozen_reference: copy.deepcopy(model).eval(), then requires_grad_(False) on "
+                    "every parameter of the copy (never on the policy).",
+                    tests=("test_reference_is_a_frozen_copy_in_eval_mode",),
+                ),
+            ),
+        ),
     ),
 )
 

@@ -254,6 +254,40 @@ BROKEN = (
         (("(picked * mask).sum() / count", "(picked * mask).sum() / mask.numel()", 1),),
         "came out as the mean over every position",
     ),
+    Broken(
+        "dpo_mean_not_sum",
+        "ch5.dpo",
+        "ch5/dpo.py",
+        (
+            (
+                "token_logprobs(model, x, y).sum(dim=-1)",
+                "token_logprobs(model, x, y).sum(dim=-1) / (y != IGNORE).sum(dim=-1)",
+                1,
+            ),
+        ),
+        "came out as the mean over the response tokens",
+    ),
+    Broken(
+        "dpo_without_reference",
+        "ch5.dpo",
+        "ch5/dpo.py",
+        (
+            ("chosen = beta * (policy_chosen - ref_chosen)", "chosen = beta * policy_chosen", 1),
+            (
+                "rejected = beta * (policy_rejected - ref_rejected)",
+                "rejected = beta * policy_rejected",
+                1,
+            ),
+        ),
+        "came out as the loss without the reference model",
+    ),
+    Broken(
+        "dpo_without_beta",
+        "ch5.dpo",
+        "ch5/dpo.py",
+        (("-F.logsigmoid(chosen - rejected)", "-F.logsigmoid((chosen - rejected) / beta)", 1),),
+        "came out as the loss without beta",
+    ),
 )
 
 
