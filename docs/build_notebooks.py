@@ -428,7 +428,8 @@ CH5 = [
 
 This notebook follows the chapter's sections ([5.1](5_1_overview.md) gives the map): LoRA
 adapters on a small GPT ([5.2](5_2_lora.md)), a chat example and its loss mask
-([5.3](5_3_sft.md)), the DPO loss of a chosen and a rejected answer ([5.4](5_4_dpo.md)). The grader checks all of it more thoroughly:
+([5.3](5_3_sft.md)), the DPO loss of a chosen and a rejected answer ([5.4](5_4_dpo.md)), and the pieces of
+GRPO ([5.5](5_5_rl.md)). The grader checks all of it more thoroughly:
 `python -m grader ch5`.""",
     ),
     (
@@ -439,7 +440,8 @@ adapters on a small GPT ([5.2](5_2_lora.md)), a chat example and its loss mask
 gpt = importlib.import_module(f"{TREE}.ch3.gpt")
 lora = importlib.import_module(f"{TREE}.ch5.lora")
 sft = importlib.import_module(f"{TREE}.ch5.sft")
-dpo = importlib.import_module(f"{TREE}.ch5.dpo")""",
+dpo = importlib.import_module(f"{TREE}.ch5.dpo")
+rl = importlib.import_module(f"{TREE}.ch5.rl")""",
         ),
     ),
     (
@@ -512,6 +514,31 @@ chosen, rejected = dpo.sequence_logprobs(policy, x, y)
 ref_chosen, ref_rejected = dpo.sequence_logprobs(reference, x, y)
 loss, r_w, r_l = dpo.dpo_loss(chosen[None], rejected[None], ref_chosen[None], ref_rejected[None])
 print(f"loss {loss.item():.4f} (log 2 = {math.log(2):.4f}), margin {(r_w - r_l).item():+.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 5.5 Reinforcement learning on a verifiable reward
+
+Four sampled answers to one prompt, scored by a program: their advantages, which tokens count,
+and the clipped loss right after sampling.""",
+    ),
+    (
+        "code",
+        """\
+end = tok.special_tokens["<|end|>"]
+prompt = sft.prompt_ids(tok, chat[:1])
+answers = ["7", "8", "7", "12"]
+rows = [prompt + tok.encode(a) + [end] for a in answers]
+width = max(map(len, rows))
+seq = torch.tensor([r + [end] * (width - len(r)) for r in rows])
+rewards = torch.tensor([[float(a == "7") for a in answers]])
+advantages = rl.group_advantages(rewards)[0]
+x, y = rl.rollout_batch(seq, prompt_len=len(prompt), end_id=end)
+logp = dpo.token_logprobs(policy, x, y)
+loss = rl.grpo_loss(logp, logp.detach(), advantages, y != -1)
+print("advantages:", [round(a, 2) for a in advantages.tolist()])
+print("scored tokens per answer:", (y != -1).sum(-1).tolist(), "loss:", round(loss.item(), 4))""",
     ),
 ]
 

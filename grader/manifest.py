@@ -516,6 +516,33 @@ CH5 = Chapter(
                 ),
             ),
         ),
+        Stage(
+            name="rl",
+            title="Policy-gradient fine-tuning on a verifiable reward (GRPO)",
+            tests="tests/ch5/test_rl.py",
+            files=("ch5/rl.py",),
+            doc="docs/chapter05/5_5_rl.md",
+            hints=(
+                "group_advantages: mean and std over dim=-1 with keepdim=True (one group per row), "
+                "std with unbiased=False, then (r - mean) / (std + eps).",
+                Hint(
+                    "rollout_batch: x = seq[:, :-1], y = seq[:, 1:].clone(); y[:, t] belongs to the "
+                    "prompt for t < prompt_len - 1; after the first end token, a cumulative sum of "
+                    "(y == end_id) minus the token itself is > 0.",
+                    tests=("test_rollout_batch_scores_only_the_answer",),
+                ),
+                Hint(
+                    "grpo_loss: ratio = exp(logp - old_logp.detach()), objective = min(ratio * A, "
+                    "clamp(ratio, 1 - eps, 1 + eps) * A) with A = advantages[:, None], minus "
+                    "kl_coef * approx_kl; the loss is -(objective * mask).sum() / mask.sum().",
+                    tests=(
+                        "test_grpo_loss_is_the_clipped_objective",
+                        "test_grpo_loss_with_a_kl_penalty",
+                        "test_gradient_at_ratio_one_is_the_policy_gradient",
+                    ),
+                ),
+            ),
+        ),
     ),
 )
 

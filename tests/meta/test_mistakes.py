@@ -288,6 +288,30 @@ BROKEN = (
         (("-F.logsigmoid(chosen - rejected)", "-F.logsigmoid((chosen - rejected) / beta)", 1),),
         "came out as the loss without beta",
     ),
+    Broken(
+        "rl_batch_normalised",
+        "ch5.rl",
+        "ch5/rl.py",
+        (
+            ("rewards.mean(dim=-1, keepdim=True)", "rewards.mean()", 1),
+            ("rewards.std(dim=-1, keepdim=True, unbiased=False)", "rewards.std(unbiased=False)", 1),
+        ),
+        "came out as advantages normalised over the whole batch",
+    ),
+    Broken(
+        "rl_keeps_tokens_after_end",
+        "ch5.rl",
+        "ch5/rl.py",
+        (("    y[after_end] = IGNORE\n", "", 1),),
+        "came out as labels that keep the tokens after the end",
+    ),
+    Broken(
+        "rl_no_clipping",
+        "ch5.rl",
+        "ch5/rl.py",
+        (("torch.minimum(ratio * A, clipped * A)", "ratio * A", 1),),
+        "came out as the loss without clipping",
+    ),
 )
 
 
