@@ -543,6 +543,29 @@ CH5 = Chapter(
                 ),
             ),
         ),
+        Stage(
+            name="e2e",
+            title="Fine-tune a model you pretrained: SFT with LoRA, then DPO",
+            tests="tests/ch5/test_e2e.py",
+            files=(
+                "ch3/gpt.py",
+                "ch3/sampling.py",
+                "ch5/lora.py",
+                "ch5/sft.py",
+                "ch5/dpo.py",
+            ),
+            doc="docs/chapter05/5_6_e2e.md",
+            hints=(
+                "Every earlier stage passes but SFT does not raise the accuracy? Check that the "
+                "assistant's <|end|> is labelled (greedy answers are read up to it) and that "
+                "collate shifts the labels exactly once.",
+                "The recipe is the project's (grader/tasks/ch5.py): run python -m grader.tasks.ch5 "
+                "with LLMFS_TREE=exercises to print your numbers for a seed.",
+            ),
+            points=20,
+            test_timeout=280.0,
+            time_limit=420.0,
+        ),
     ),
 )
 
