@@ -21,18 +21,17 @@ PREFERENCE_BAR = 0.7  # held-out preference accuracy after DPO (0.5 is chance)
 
 @pytest.fixture(scope="module")
 def run():
-    train, held_out = recipe.facts()
+    records = recipe.data()
     base, tokenizer = recipe.pretrain(seed=0)
-    tuned = recipe.run_sft(copy.deepcopy(base), tokenizer, train, seed=0)
-    return SimpleNamespace(
-        train=train, held_out=held_out, base=base, tuned=tuned, tokenizer=tokenizer
-    )
+    tuned = recipe.fine_tune(base, tokenizer, records["sft"][0], seed=0)
+    return SimpleNamespace(records=records, base=base, tuned=tuned, tokenizer=tokenizer)
 
 
 def test_sft_with_lora_raises_held_out_accuracy(run):
     """Exact match on the 30 held-out questions: the SFT model at least 0.5 above the base."""
-    base = recipe.accuracy(run.base, run.tokenizer, run.held_out)
-    tuned = recipe.accuracy(run.tuned, run.tokenizer, run.held_out)
+    accuracy, held_out = load("ch5.train").accuracy, run.records["rl"][1]
+    base = accuracy(run.base, run.tokenizer, held_out)
+    tuned = accuracy(run.tuned, run.tokenizer, held_out)
     print(f"held-out exact match: base {base:.2f}, after SFT with LoRA {tuned:.2f}")
     check_at_least(
         tuned,
@@ -45,8 +44,8 @@ def test_sft_with_lora_raises_held_out_accuracy(run):
 def test_merged_adapters_give_the_same_logits(run):
     """merge_lora's plain model gives the adapter form's logits."""
     sft = load("ch5.sft")
-    prompts = [sft.prompt_ids(run.tokenizer, recipe.question(f)) for f in run.held_out]
-    idx = torch.tensor(prompts)
+    prompts = [sft.prompt_ids(run.tokenizer, r["prompt"]) for r in run.records["rl"][1]]
+    idx = torch.tensor(prompts)  # one length: digit, '+', digit
     with torch.no_grad():
         adapted = run.tuned(idx)[0]
         merged = copy.deepcopy(run.tuned)
@@ -62,10 +61,11 @@ def test_merged_adapters_give_the_same_logits(run):
 
 def test_dpo_prefers_the_right_answer_on_held_out_pairs(run):
     """After DPO the implicit reward prefers the sum to the product on >= 70% of held-out pairs."""
-    model = copy.deepcopy(run.tuned)
-    load("ch5.lora").merge_lora(model)
-    policy, reference = recipe.run_dpo(model, run.tokenizer, run.train, seed=0)
-    acc = recipe.preference_accuracy(policy, reference, run.tokenizer, run.held_out)
+    train_rows, held_out = run.records["dpo"]
+    policy, reference = recipe.align(run.tuned, run.tokenizer, train_rows, seed=0)
+    acc = load("ch5.train").preference_accuracy(
+        policy, reference, run.tokenizer, held_out, beta=recipe.DPO["beta"]
+    )
     print(f"held-out preference accuracy after DPO: {acc:.2f}")
     check_at_least(
         acc,
