@@ -12,7 +12,7 @@ import pytest
 
 from grader import cli, runner
 from grader.instructor import report
-from grader.manifest import Hint
+from grader.manifest import CHAPTERS, Hint
 from grader.progress import Progress
 from grader.tree import REPO_ROOT
 
@@ -129,7 +129,7 @@ def test_python_m_grader_end_to_end():
     bad = subprocess.run([*run, "ch99"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        "python -m grader: error: unknown chapter 'ch99' (chapters: ch2, ch3)"
+        f"python -m grader: error: unknown chapter 'ch99' (chapters: {', '.join(CHAPTERS)})"
     ]
 
 
