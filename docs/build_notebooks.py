@@ -579,10 +579,133 @@ print(repr("the " + cli.sample_text(trainer.model, tokenizer, "the ", 120, seed=
     ),
 ]
 
+CH5 = [
+    (
+        "markdown",
+        """\
+# Chapter 5: fine-tuning and alignment, cell by cell
+
+This notebook follows the chapter's sections ([5.1](5_1_overview.md) gives the map): LoRA
+adapters on a small GPT ([5.2](5_2_lora.md)), a chat example and its loss mask
+([5.3](5_3_sft.md)), the DPO loss of a chosen and a rejected answer ([5.4](5_4_dpo.md)), and the pieces of
+GRPO ([5.5](5_5_rl.md)). The grader checks all of it more thoroughly:
+`python -m grader ch5`.""",
+    ),
+    (
+        "code",
+        SETUP.format(
+            chapter="chapter05",
+            imports="""\
+gpt = importlib.import_module(f"{TREE}.ch3.gpt")
+lora = importlib.import_module(f"{TREE}.ch5.lora")
+sft = importlib.import_module(f"{TREE}.ch5.sft")
+dpo = importlib.import_module(f"{TREE}.ch5.dpo")
+rl = importlib.import_module(f"{TREE}.ch5.rl")""",
+        ),
+    ),
+    (
+        "markdown",
+        """\
+## 5.2 LoRA
+
+Adapters on the attention's q, k, v projection of a small GPT: the same logits while B is zero,
+a fraction of the parameters to train, and a merge that changes nothing.""",
+    ),
+    (
+        "code",
+        """\
+model = gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+idx = torch.randint(0, 64, (1, 16))
+before = model(idx)[0]
+print("adapted layers:", lora.apply_lora(model, r=4, alpha=8.0))
+print("trainable numbers:", lora.mark_only_lora_trainable(model), "of", model.num_parameters())
+print("same logits with fresh adapters:", torch.equal(model(idx)[0], before))
+for name, p in model.named_parameters():
+    if name.endswith("lora_B"):
+        torch.nn.init.normal_(p, std=0.1)  # as if trained
+adapted = model(idx)[0]
+lora.merge_lora(model)
+print("merged model, same logits:", torch.allclose(model(idx)[0], adapted, atol=1e-5))""",
+    ),
+    (
+        "markdown",
+        """\
+## 5.3 Supervised fine-tuning
+
+A conversation in the chat template, its labels (the assistant's tokens and end-of-turn only),
+and the one shift of `collate`.""",
+    ),
+    (
+        "code",
+        """\
+tok = sft.chat_tokenizer()
+chat = [{"role": "user", "content": "2+5"}, {"role": "assistant", "content": "7"}]
+print(sft.render_chat(chat))
+ids, labels = sft.build_example(tok, chat)
+for i, label in zip(ids, labels, strict=True):
+    print(f"{tok.decode([i])!r:>16} {'learned' if label != -1 else '-'}")
+x, y = sft.collate([(ids, labels)], pad_id=0)
+print("x:", x.tolist())
+print("y:", y.tolist())""",
+    ),
+    (
+        "markdown",
+        """\
+## 5.4 Direct preference optimization
+
+A policy and its frozen reference score a chosen and a rejected answer; the loss starts at
+log 2, and a policy that raises the chosen answer earns a positive margin.""",
+    ),
+    (
+        "code",
+        """\
+import math
+
+config = gpt.GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32)
+policy = gpt.GPT(config)
+reference = dpo.frozen_reference(policy)
+pairs = []
+for answer in ("7", "8"):
+    chat[1]["content"] = answer
+    pairs.append(sft.build_example(tok, chat))
+x, y = sft.collate(pairs, pad_id=0)
+chosen, rejected = dpo.sequence_logprobs(policy, x, y)
+ref_chosen, ref_rejected = dpo.sequence_logprobs(reference, x, y)
+loss, r_w, r_l = dpo.dpo_loss(chosen[None], rejected[None], ref_chosen[None], ref_rejected[None])
+print(f"loss {loss.item():.4f} (log 2 = {math.log(2):.4f}), margin {(r_w - r_l).item():+.3f}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 5.5 Reinforcement learning on a verifiable reward
+
+Four sampled answers to one prompt, scored by a program: their advantages, which tokens count,
+and the clipped loss right after sampling.""",
+    ),
+    (
+        "code",
+        """\
+end = tok.special_tokens["<|end|>"]
+prompt = sft.prompt_ids(tok, chat[:1])
+answers = ["7", "8", "7", "12"]
+rows = [prompt + tok.encode(a) + [end] for a in answers]
+width = max(map(len, rows))
+seq = torch.tensor([r + [end] * (width - len(r)) for r in rows])
+rewards = torch.tensor([[float(a == "7") for a in answers]])
+advantages = rl.group_advantages(rewards)[0]
+x, y = rl.rollout_batch(seq, prompt_len=len(prompt), end_id=end)
+logp = dpo.token_logprobs(policy, x, y)
+loss = rl.grpo_loss(logp, logp.detach(), advantages, y != -1)
+print("advantages:", [round(a, 2) for a in advantages.tolist()])
+print("scored tokens per answer:", (y != -1).sum(-1).tolist(), "loss:", round(loss.item(), 4))""",
+    ),
+]
+
 NOTEBOOKS = {
     DOCS / "chapter02" / "chapter02.ipynb": CH2,
     DOCS / "chapter03" / "chapter03.ipynb": CH3,
     DOCS / "chapter04" / "chapter04.ipynb": CH4,
+    DOCS / "chapter05" / "chapter05.ipynb": CH5,
 }
 
 

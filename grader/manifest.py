@@ -621,7 +621,155 @@ CH4 = Chapter(
     ),
 )
 
-CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3, CH4)}
+CH5 = Chapter(
+    name="ch5",
+    title="Fine-tuning and alignment",
+    stages=(
+        Stage(
+            name="lora",
+            title="LoRA: low-rank adapters on a frozen model",
+            tests="tests/ch5/test_lora.py",
+            files=("ch5/lora.py",),
+            doc="docs/chapter05/5_2_lora.md",
+            hints=(
+                "LoRALinear keeps the base Linear (frozen: requires_grad_(False) on its weight and "
+                "bias) and adds scaling * x A^T B^T with scaling = alpha / r; A (r, in) is "
+                "Kaiming-uniform, B (out, r) zeros, so a fresh adapter changes nothing.",
+                Hint(
+                    "merge adds scaling * (B @ A) to base.weight in place, under torch.no_grad(), "
+                    "and sets merged = True so that forward stops adding the update; unmerge "
+                    "subtracts it again.",
+                    tests=(
+                        "test_merge_and_unmerge_are_exact",
+                        "test_merge_lora_gives_the_base_architecture_back",
+                    ),
+                ),
+                Hint(
+                    "apply_lora: collect (name, module) from model.named_modules() first, then "
+                    "setattr(parent, child, LoRALinear(module, r, alpha)) with the parent found by "
+                    "model.get_submodule(name.rpartition('.')[0]); skip a Linear whose parent is "
+                    "already a LoRALinear.",
+                    tests=(
+                        "test_apply_lora_replaces_the_named_layers_in_place",
+                        "test_trainable_count_is_r_times_in_plus_out",
+                        "test_gradients_reach_only_a_and_b",
+                    ),
+                ),
+                Hint(
+                    "The adapters are the entries of model.state_dict() whose last name part is "
+                    "lora_A or lora_B; load them with model.load_state_dict(state, strict=False) "
+                    "after checking every key.",
+                    tests=("test_adapters_save_and_load_alone",),
+                ),
+            ),
+        ),
+        Stage(
+            name="sft",
+            title="Supervised fine-tuning: chat template, loss mask, batches",
+            tests="tests/ch5/test_sft.py",
+            files=("ch5/sft.py",),
+            doc="docs/chapter05/5_3_sft.md",
+            hints=(
+                "build_example: per message, the role's special id, then tokenizer.encode(content) "
+                "plus the <|end|> id; the labels copy the ids of an assistant's content and its "
+                "<|end|>, and are -1 everywhere else.",
+                Hint(
+                    "collate shifts once: x = ids[:-1], y = labels[1:]; pad x with pad_id and y with "
+                    "-1 on the right, to the longest example.",
+                    tests=("test_collate_shifts_once_and_pads_with_ignored_labels",),
+                ),
+                Hint(
+                    "masked_cross_entropy: gather log_softmax at the targets (clamp -1 to 0 to "
+                    "index), multiply by the mask, sum, and divide by the number of labelled "
+                    "positions, not by B * T.",
+                    tests=(
+                        "test_masked_cross_entropy_counts_only_labelled_tokens",
+                        "test_masked_positions_get_no_gradient",
+                        "test_sft_loss_is_the_models_masked_loss",
+                    ),
+                ),
+            ),
+        ),
+        Stage(
+            name="dpo",
+            title="Direct preference optimization",
+            tests="tests/ch5/test_dpo.py",
+            files=("ch5/dpo.py",),
+            doc="docs/chapter05/5_4_dpo.md",
+            hints=(
+                "token_logprobs: log_softmax over the vocabulary, gather at y (clamp -1 to 0 to "
+                "index), then zero the positions where y is -1; sequence_logprobs sums them.",
+                Hint(
+                    "dpo_loss: rewards are beta * (policy - reference) for chosen and rejected; the "
+                    "loss is -F.logsigmoid(chosen_rewards - rejected_rewards).mean(), and the "
+                    "rewards you return are detached.",
+                    tests=(
+                        "test_dpo_loss_matches_the_closed_form",
+                        "test_equal_policy_and_reference_give_log_2",
+                        "test_gradient_raises_chosen_and_lowers_rejected",
+                    ),
+                ),
+                Hint(
+                    "frozen_reference: copy.deepcopy(model).eval(), then requires_grad_(False) on "
+                    "every parameter of the copy (never on the policy).",
+                    tests=("test_reference_is_a_frozen_copy_in_eval_mode",),
+                ),
+            ),
+        ),
+        Stage(
+            name="rl",
+            title="Policy-gradient fine-tuning on a verifiable reward (GRPO)",
+            tests="tests/ch5/test_rl.py",
+            files=("ch5/rl.py",),
+            doc="docs/chapter05/5_5_rl.md",
+            hints=(
+                "group_advantages: mean and std over dim=-1 with keepdim=True (one group per row), "
+                "std with unbiased=False, then (r - mean) / (std + eps).",
+                Hint(
+                    "rollout_batch: x = seq[:, :-1], y = seq[:, 1:].clone(); y[:, t] belongs to the "
+                    "prompt for t < prompt_len - 1; after the first end token, a cumulative sum of "
+                    "(y == end_id) minus the token itself is > 0.",
+                    tests=("test_rollout_batch_scores_only_the_answer",),
+                ),
+                Hint(
+                    "grpo_loss: ratio = exp(logp - old_logp.detach()), objective = min(ratio * A, "
+                    "clamp(ratio, 1 - eps, 1 + eps) * A) with A = advantages[:, None], minus "
+                    "kl_coef * approx_kl; the loss is -(objective * mask).sum() / mask.sum().",
+                    tests=(
+                        "test_grpo_loss_is_the_clipped_objective",
+                        "test_grpo_loss_with_a_kl_penalty",
+                        "test_gradient_at_ratio_one_is_the_policy_gradient",
+                    ),
+                ),
+            ),
+        ),
+        Stage(
+            name="e2e",
+            title="Fine-tune a model you pretrained: SFT with LoRA, then DPO",
+            tests="tests/ch5/test_e2e.py",
+            files=(
+                "ch3/gpt.py",
+                "ch3/sampling.py",
+                "ch5/lora.py",
+                "ch5/sft.py",
+                "ch5/dpo.py",
+            ),
+            doc="docs/chapter05/5_6_e2e.md",
+            hints=(
+                "Every earlier stage passes but SFT does not raise the accuracy? Check that the "
+                "assistant's <|end|> is labelled (greedy answers are read up to it) and that "
+                "collate shifts the labels exactly once.",
+                "The recipe is the project's (grader/tasks/ch5.py): run python -m grader.tasks.ch5 "
+                "with LLMFS_TREE=exercises to print your numbers for a seed.",
+            ),
+            points=20,
+            test_timeout=280.0,
+            time_limit=420.0,
+        ),
+    ),
+)
+
+CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3, CH4, CH5)}
 
 
 def stage_of_file(path: str) -> Stage | None:

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from grader import cli, manifest, runner
+from grader import cli, runner
 from grader.instructor import report
-from grader.manifest import Hint
+from grader.manifest import CHAPTERS, Hint
 from grader.progress import Progress
 from grader.tree import REPO_ROOT
 
@@ -128,9 +128,8 @@ def test_python_m_grader_end_to_end():
     assert listed.returncode == 0 and "ch2" in listed.stdout and "attention" in listed.stdout
     bad = subprocess.run([*run, "ch99"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode == 2 and bad.stdout == ""
-    chapters = ", ".join(manifest.CHAPTERS)  # ch2, ch3, ch4, ...
     assert bad.stderr.strip().splitlines() == [
-        f"python -m grader: error: unknown chapter 'ch99' (chapters: {chapters})"
+        f"python -m grader: error: unknown chapter 'ch99' (chapters: {', '.join(CHAPTERS)})"
     ]
 
 

@@ -368,6 +368,124 @@ BROKEN = (
         (("new = next_id  # (B, 1)", "new = idx", 1),),
         "came out as the whole sequence fed at every step",
     ),
+    Broken(
+        "lora_forward_without_scale",
+        "ch5.lora",
+        "ch5/lora.py",
+        (("return out + self.scaling * (self.dropout(x)", "return out + (self.dropout(x)", 1),),
+        "came out as the update without its alpha / r scale",
+    ),
+    Broken(
+        "lora_merge_without_scale",
+        "ch5.lora",
+        "ch5/lora.py",
+        (
+            (
+                "self.base.weight += self.delta_weight()",
+                "self.base.weight += self.lora_B @ self.lora_A",
+                1,
+            ),
+        ),
+        "came out as W + B A, without the alpha / r scale",
+    ),
+    Broken(
+        "lora_unmerge_adds_again",
+        "ch5.lora",
+        "ch5/lora.py",
+        (
+            (
+                "self.base.weight -= self.delta_weight()",
+                "self.base.weight += self.delta_weight()",
+                1,
+            ),
+        ),
+        "came out as W + 2 (alpha / r) B A (the update added again)",
+    ),
+    Broken(
+        "sft_end_token_masked",
+        "ch5.sft",
+        "ch5/sft.py",
+        (
+            (
+                "labels += [IGNORE] + (body if learn",
+                "labels += [IGNORE] + (body[:-1] + [IGNORE] if learn",
+                1,
+            ),
+        ),
+        "came out as labels with the assistant's end-of-turn token masked",
+    ),
+    Broken(
+        "sft_labels_not_shifted",
+        "ch5.sft",
+        "ch5/sft.py",
+        (("torch.tensor(labels[1:]", "torch.tensor(labels[:-1]", 1),),
+        "came out as labels not shifted",
+    ),
+    Broken(
+        "sft_mean_over_all_positions",
+        "ch5.sft",
+        "ch5/sft.py",
+        (("(picked * mask).sum() / count", "(picked * mask).sum() / mask.numel()", 1),),
+        "came out as the mean over every position",
+    ),
+    Broken(
+        "dpo_mean_not_sum",
+        "ch5.dpo",
+        "ch5/dpo.py",
+        (
+            (
+                "token_logprobs(model, x, y).sum(dim=-1)",
+                "token_logprobs(model, x, y).sum(dim=-1) / (y != IGNORE).sum(dim=-1)",
+                1,
+            ),
+        ),
+        "came out as the mean over the response tokens",
+    ),
+    Broken(
+        "dpo_without_reference",
+        "ch5.dpo",
+        "ch5/dpo.py",
+        (
+            ("chosen = beta * (policy_chosen - ref_chosen)", "chosen = beta * policy_chosen", 1),
+            (
+                "rejected = beta * (policy_rejected - ref_rejected)",
+                "rejected = beta * policy_rejected",
+                1,
+            ),
+        ),
+        "came out as the loss without the reference model",
+    ),
+    Broken(
+        "dpo_without_beta",
+        "ch5.dpo",
+        "ch5/dpo.py",
+        (("-F.logsigmoid(chosen - rejected)", "-F.logsigmoid((chosen - rejected) / beta)", 1),),
+        "came out as the loss without beta",
+    ),
+    Broken(
+        "rl_batch_normalised",
+        "ch5.rl",
+        "ch5/rl.py",
+        (
+            ("rewards.mean(dim=-1, keepdim=True)", "rewards.mean()", 1),
+            ("rewards.std(dim=-1, keepdim=True, unbiased=False)", "rewards.std(unbiased=False)", 1),
+        ),
+        "came out as advantages normalised over the whole batch",
+    ),
+    Broken(
+        "rl_keeps_tokens_after_end",
+        "ch5.rl",
+        "ch5/rl.py",
+        (("    y[after_end] = IGNORE\n", "", 1),),
+        "came out as labels that keep the tokens after the end",
+    ),
+    Broken(
+        "rl_no_clipping",
+        "ch5.rl",
+        "ch5/rl.py",
+        (("torch.minimum(ratio * A, clipped * A)", "ratio * A", 1),),
+        "came out as the loss without clipping",
+    ),
 )
 
 
@@ -408,7 +526,7 @@ def first_failures(jobs: list[dict[str, str]], folder: Path) -> dict[str, dict |
 def graded(tmp_path_factory) -> dict[str, dict | None]:
     """The first failure of each broken copy's stage: one process per chapter, two at a time."""
     root = tmp_path_factory.mktemp("broken")
-    jobs: dict[str, list[dict[str, str]]] = {"ch2": [], "ch3": [], "ch4": []}
+    jobs: dict[str, list[dict[str, str]]] = {b.stage.split(".")[0]: [] for b in BROKEN}
     for broken in BROKEN:
         chapter, stage = broken.stage.split(".")
         tests = manifest.CHAPTERS[chapter].stage(stage).tests
