@@ -66,8 +66,9 @@ def test_each_merge_costs_less_than_a_pass_over_the_data():
     many = _seconds(lambda: learn(MANY))
     check_equal(len(learned), MANY, "number of merges learned", LEARN)
     per_merge = max(0.0, many - few) / (MANY - FEW)
-    if per_merge >= COUNTS_PER_MERGE * one_count and few + many < BUDGET:
-        # Only a slow-looking first measurement pays for a second look (load comes in bursts).
+    if few + many < BUDGET:
+        # Always a second look, and the fastest of each: load comes in bursts, and a burst in
+        # the FEW run alone makes a slow trainer look fast (a recount passed once in CI).
         few = min(few, _seconds(lambda: learn(FEW)))
         many = min(many, _seconds(lambda: learn(MANY)))
         per_merge = max(0.0, many - few) / (MANY - FEW)
