@@ -39,16 +39,23 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no fork either: the server is never used
+    fcntl = None  # type: ignore[assignment]
 
 from .runner import Sandbox
 from .sandbox import PRIVATE_ENV, for_learner
 from .tree import REPO_ROOT, resolve_tree
 
 SWITCH_ENV = "GRADER_SERVER"  # "0": every stage in a fresh subprocess
+ROOT_ENV = "GRADER_SERVER_DIR"  # where the servers' work folders go (tests use their own)
 IDLE = 900.0  # seconds a server waits for a stage before it exits
 START_TIMEOUT = 120.0  # seconds to wait for a new server to be ready
 # What every stage imports, and what torch imports lazily the first time a test uses an oracle
@@ -89,11 +96,11 @@ def fingerprint() -> str:
 
 
 def root() -> Path:
-    """Where servers keep their work folders: short, so that socket paths fit (108 bytes)."""
-    base = (
-        Path(tempfile.gettempdir()) / f"llmfs-servers-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    )
-    base.mkdir(mode=0o700, exist_ok=True)
+    """Where servers keep their work folders (``GRADER_SERVER_DIR``, else one in the temporary
+    folder): short, so that socket paths fit in 108 bytes."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    base = Path(os.environ.get(ROOT_ENV) or Path(tempfile.gettempdir()) / f"llmfs-servers-{uid}")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     return base
 
 
@@ -121,6 +128,7 @@ class Client:
         self.prefix = prefix
         self.folder = folder_for(tree, bool(prefix))
         self.socket = self.folder / "socket"
+        self._lock = threading.Lock()
 
     def private_env(self, run: Path) -> dict[str, str]:
         """The stage's own temporary folder (removed with ``run``), and in the sandbox the
@@ -141,6 +149,40 @@ class Client:
         if self._ready():
             return True
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # One starter at a time, threads (batch-like callers) and processes (two commands) alike:
+        # a second server would unlink the first one's socket and leave it running unreachable.
+        with self._lock, open(self.folder / "start.lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._ready():
+                return True
+            return self._wait() if self._alive() else self._start()
+
+    def _alive(self) -> bool:
+        """A server holds this folder's alive.lock (it may still be importing torch)."""
+        if fcntl is None:
+            return False
+        with open(self.folder / "alive.lock", "a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+
+    def _wait(self, grace: float = 0.0) -> bool:
+        """Until the server answers; False if it dies (after ``grace`` seconds: a server just
+        spawned takes that long to take its lock) or does not answer in START_TIMEOUT."""
+        start = time.monotonic()
+        while time.monotonic() - start < START_TIMEOUT:
+            if self._ready():
+                return True
+            if time.monotonic() - start > grace and not self._alive():
+                return False
+            time.sleep(0.05)
+        return False
+
+    def _start(self) -> bool:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
@@ -162,17 +204,19 @@ class Client:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # it outlives this command, by design
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._ready():
-                return True
-            time.sleep(0.05)
-        return False
+        return self._wait(grace=30.0)
+
+    def stop(self) -> None:
+        """Ask this tree's server to exit (it finishes the stages it is running)."""
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(2.0)
+            conn.connect(str(self.socket))
+            conn.sendall(b'{"stop": true}\n')
 
     def _ready(self) -> bool:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(1.0)
+                probe.settimeout(5.0)
                 probe.connect(str(self.socket))
                 probe.sendall(b'{"ping": true}\n')
                 return probe.makefile("rb").readline().strip() == b'{"pong": true}'
@@ -255,6 +299,14 @@ def stop_all() -> int:
 def serve(folder: Path) -> None:
     import importlib
 
+    # Held for the server's life: how a grader knows a server is up (even a slow one) and must
+    # not start a second one (flock works across the sandbox's mount and PID namespaces).
+    alive = open(folder / "alive.lock", "a")  # noqa: SIM115 - held until the process ends
+    if fcntl is not None:
+        try:
+            fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # another server has this folder
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -267,7 +319,7 @@ def serve(folder: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         (folder / "socket").unlink()
     listener.bind(str(folder / "socket"))
-    listener.listen(8)
+    listener.listen(16)
     listener.settimeout(IDLE)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped as they end
     while True:
@@ -275,33 +327,36 @@ def serve(folder: Path) -> None:
             conn, _ = listener.accept()
         except TimeoutError:
             return  # idle
-        conn.settimeout(5.0)
-        try:
-            first = conn.makefile("rb").readline()
-        except OSError:
-            conn.close()
-            continue
-        conn.settimeout(None)
-        try:
-            request = json.loads(first)
-        except ValueError:
-            conn.close()
-            continue
-        if request.get("ping"):
-            with contextlib.suppress(OSError):
-                conn.sendall(b'{"pong": true}\n')
-            conn.close()
-            continue
-        if request.get("stop") or fingerprint() != mine:
-            conn.close()
-            return  # asked to, or the grader's code changed under this server
-        if os.fork() == 0:
+        if os.fork() == 0:  # the handler reads the request: a slow client never blocks accept
             listener.close()
             try:
-                _handle(conn, request)
+                _answer(conn, mine)
             finally:
                 os._exit(0)
         conn.close()
+
+
+def _answer(conn: socket.socket, mine: str) -> None:
+    """A handler: read one request, then answer a ping, stop the server, or run a stage."""
+    conn.settimeout(10.0)
+    try:
+        request = json.loads(conn.makefile("rb").readline())
+    except (OSError, ValueError):
+        return
+    conn.settimeout(None)
+    if not isinstance(request, dict):
+        return
+    if request.get("ping"):
+        with contextlib.suppress(OSError):
+            conn.sendall(b'{"pong": true}\n')
+        return
+    if request.get("stop") or request.get("fingerprint") != mine:
+        # Asked to, or the grader's code changed under this server: the server exits.
+        os.kill(os.getppid(), signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            conn.sendall(b'{"stopped": true}\n')
+        return
+    _handle(conn, request)
 
 
 def _handle(conn: socket.socket, request: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ STAGE = stage_test(
 @pytest.fixture
 def client(tree, tmp_path, monkeypatch):
     """An unsandboxed server for the fake tree (the sandboxed one is the same code in bwrap)."""
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # its work folder, removed with the test
+    monkeypatch.setenv("GRADER_SERVER_DIR", str(tmp_path / "servers"))  # removed with the test
     made = server.Client(tree, prefix=())
     yield made
     server.stop_all()
@@ -144,7 +144,7 @@ def test_a_course_stage_on_the_sandboxed_server(monkeypatch, tmp_path):
 
     if not sandbox.availability()[0]:
         pytest.skip(f"no OS sandbox here: {sandbox.availability()[1]}")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("GRADER_SERVER_DIR", str(tmp_path / "servers"))
     monkeypatch.setenv("GRADER_SERVER", "1")
     chapter = CHAPTERS["ch2"]
     box = server.learner_sandbox("solutions")

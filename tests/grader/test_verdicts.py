@@ -322,19 +322,18 @@ def check_input(x):
 SWAPS_THE_TESTS = (
     STUBS
     + """
-import sys, threading, time
+import sys
 
-def _swap():  # once the test module has its tests, make every one of them do nothing
-    for _ in range(500):
-        for module in list(sys.modules.values()):
+def _swap(frame, event, arg):  # on the first call after the test module has its four tests
+    for module in list(sys.modules.values()):
+        if str(getattr(module, "__file__", "")).endswith("test_fake.py"):
             tests = [getattr(module, n) for n in dir(module) if n.startswith("test_")]
-            if str(getattr(module, "__file__", "")).endswith("test_fake.py") and len(tests) == 4:
+            if len(tests) == 4:
                 for test in tests:
-                    test.__code__ = (lambda: None).__code__
-                return
-        time.sleep(0.01)
+                    test.__code__ = (lambda: None).__code__  # every test now does nothing
+                sys.setprofile(None)
 
-threading.Thread(target=_swap, daemon=True).start()
+sys.setprofile(_swap)
 """
 )
 

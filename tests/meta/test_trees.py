@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from grader import manifest, runner
+from grader import manifest, runner, server
+from grader.tree import REPO_ROOT
 
 STAGES = [(c, s) for c in manifest.CHAPTERS.values() for s in c.stages]
 # What an untouched stub may give: it raises NotImplementedError. A test that passes on a stub
@@ -17,11 +18,21 @@ STUB_STATUSES = {"not started", "skipped"}
 
 
 @pytest.fixture(scope="module")
-def on_exercises() -> dict[tuple[str, str], runner.StageResult]:
-    """Every stage of every chapter graded on exercises/ (as `--all` does), two at a time."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = pool.map(lambda cs: runner.run_stage(cs[0], cs[1], "exercises"), STAGES)
-        return {(c.name, s.name): r for (c, s), r in zip(STAGES, results, strict=True)}
+def on_exercises(tmp_path_factory) -> dict[tuple[str, str], runner.StageResult]:
+    """Every stage of every chapter graded on exercises/ (as `--all` does), two at a time, on a
+    stage server (grader/server.py: a fresh fork per stage, torch imported once)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(server.ROOT_ENV, str(tmp_path_factory.mktemp("servers")))
+        client = server.Client(REPO_ROOT / "exercises", prefix=())
+        box = runner.Sandbox(server=client)
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                results = pool.map(
+                    lambda cs: runner.run_stage(cs[0], cs[1], "exercises", sandbox=box), STAGES
+                )
+                return {(c.name, s.name): r for (c, s), r in zip(STAGES, results, strict=True)}
+        finally:
+            client.stop()
 
 
 @pytest.mark.parametrize(("chapter", "stage"), STAGES, ids=lambda x: x.name)
