@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ..ch3.cli import (
     add_sampling_options,
     add_training_options,
     naming,
+    report_errors,
     run_training,
 )
 
@@ -227,11 +227,4 @@ def sample(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return train(args) if args.command == "train" else sample(args)
-    except NotImplementedError as e:  # an exercise stub: say which stage, not a traceback
-        print(e, file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:  # bad paths, files, checkpoints, arguments: one line
-        print("error:", " ".join(str(e).split()), file=sys.stderr)
-        return 1
+    return report_errors(lambda: train(args) if args.command == "train" else sample(args))

@@ -330,13 +330,22 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def report_errors(
+    command: Callable[[], int], expected: tuple[type[Exception], ...] = (OSError, ValueError)
+) -> int:
+    """Run ``command``; a stub's NotImplementedError, or bad input (``expected``: paths, files,
+    checkpoints, arguments), becomes one line on stderr and exit code 1, not a traceback. The
+    command lines of chapters 4 and 5 use it too."""
     try:
-        return train(args) if args.command == "train" else sample(args)
-    except NotImplementedError as e:  # an exercise stub: say which stage, not a traceback
+        return command()
+    except NotImplementedError as e:  # an exercise stub: say which stage
         print(e, file=sys.stderr)
         return 1
-    except (OSError, ValueError) as e:  # bad paths, files, checkpoints, arguments: one line
+    except expected as e:
         print("error:", " ".join(str(e).split()), file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_errors(lambda: train(args) if args.command == "train" else sample(args))

@@ -17,12 +17,11 @@ commands on your own code.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from ..ch3.cli import load_trained
+from ..ch3.cli import load_trained, report_errors
 from . import dpo, lora, sft, train
 
 KINDS = ("sft", "dpo", "rl")
@@ -132,22 +131,19 @@ def fine_tune(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "pretrain":
-            model, tokenizer = train.pretrain(
-                steps=args.steps, seed=args.seed, n_layer=2, n_head=4, n_embd=64, block_size=32
-            )
-            print(f"pretrained; wrote {train.save_checkpoint(model, tokenizer, args.out)}")
-            return 0
-        if args.command == "data":
-            split = train.facts()[1 if args.held_out else 0]
-            train.write_jsonl(args.out, train.records(args.kind, split))
-            print(f"wrote {args.out}")
-            return 0
-        return fine_tune(args)
-    except NotImplementedError as e:  # an exercise stub: say which stage, not a traceback
-        print(e, file=sys.stderr)
-        return 1
-    except (OSError, ValueError, KeyError) as e:  # bad paths, files, checkpoints: one line
-        print("error:", " ".join(str(e).split()), file=sys.stderr)
-        return 1
+    return report_errors(lambda: run(args), (OSError, ValueError, KeyError))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "pretrain":
+        model, tokenizer = train.pretrain(
+            steps=args.steps, seed=args.seed, n_layer=2, n_head=4, n_embd=64, block_size=32
+        )
+        print(f"pretrained; wrote {train.save_checkpoint(model, tokenizer, args.out)}")
+        return 0
+    if args.command == "data":
+        split = train.facts()[1 if args.held_out else 0]
+        train.write_jsonl(args.out, train.records(args.kind, split))
+        print(f"wrote {args.out}")
+        return 0
+    return fine_tune(args)
