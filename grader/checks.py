@@ -23,6 +23,7 @@ import base64
 import json
 import math
 import numbers
+import sys
 from typing import IO, Any
 
 CHECKS_ENV = "GRADER_CHECKS"  # the file this process appends its check lines to
@@ -131,9 +132,12 @@ def _tensor(value: Any) -> dict[str, Any] | None:
 
 
 def _torch():
-    import sys
-
     return sys.modules.get("torch")  # a tensor exists only if torch is imported already
+
+
+def is_floating(dtype: str) -> bool:
+    """Whether an encoded tensor's dtype name (``float32``, ``bfloat16``, ...) is a float kind."""
+    return any(kind in dtype for kind in ("float", "half", "double", "complex"))
 
 
 def decode_tensor(encoded: dict[str, Any]):
@@ -144,7 +148,7 @@ def decode_tensor(encoded: dict[str, Any]):
     raw = base64.b64decode(encoded["data"])
     if name == "bool":
         kind = torch.bool
-    elif any(f in name for f in ("float", "bfloat", "half", "double", "complex")):
+    elif is_floating(name):
         kind = torch.float64
     else:
         kind = torch.int64

@@ -208,10 +208,7 @@ class Client:
 
     def stop(self) -> None:
         """Ask this tree's server to exit (it finishes the stages it is running)."""
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
-            conn.settimeout(2.0)
-            conn.connect(str(self.socket))
-            conn.sendall(b'{"stop": true}\n')
+        _ask_to_stop(self.socket)
 
     def _ready(self) -> bool:
         try:
@@ -284,13 +281,21 @@ def stop_all() -> int:
     """Stop every stage server of this user (``--stop``); returns how many were asked."""
     count = 0
     for folder in root().iterdir():
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
-            conn.settimeout(2.0)
-            conn.connect(str(folder / "socket"))
-            conn.sendall(b'{"stop": true}\n')
-            count += 1
+        count += _ask_to_stop(folder / "socket")
         shutil.rmtree(folder, ignore_errors=True)
     return count
+
+
+def _ask_to_stop(path: Path) -> bool:
+    """Send a server the stop request; False when none listens there."""
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(2.0)
+            conn.connect(str(path))
+            conn.sendall(b'{"stop": true}\n')
+        return True
+    except OSError:
+        return False
 
 
 # -- the server's side ----------------------------------------------------------------------

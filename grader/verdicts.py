@@ -221,7 +221,7 @@ def agree(kind: str, got: Any, expected: Any, tolerance: dict[str, Any]) -> bool
         return False
     if a.shape != b.shape:
         return False
-    kinds_differ = _is_float(got["tensor"]) != _is_float(expected["tensor"])
+    kinds_differ = checks.is_floating(got["tensor"]) != checks.is_floating(expected["tensor"])
     if (kinds_differ or got["tensor"] == "bool") and got["tensor"] != expected["tensor"]:
         return False  # check_close's own dtype rule
     atol, rtol = float(tolerance["atol"]), float(tolerance["rtol"])
@@ -234,7 +234,3 @@ def agree(kind: str, got: Any, expected: Any, tolerance: dict[str, Any]) -> bool
 
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, dict) and {"tensor", "shape", "data"} <= value.keys()
-
-
-def _is_float(dtype: str) -> bool:
-    return any(f in dtype for f in ("float", "half", "double", "complex"))
