@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,6 +307,12 @@ def grade_all(
         pool = ThreadPoolExecutor(max_workers=max(1, options.jobs))
         futures = [pool.submit(one, sub) for sub in submissions]
         try:
+            pending = set(futures)
+            while pending:
+                # With a timeout, so that this thread wakes up to take Ctrl-C or SIGTERM: the OS
+                # may deliver the signal to a worker thread, and a wait without a timeout would
+                # then never see it (a batch once ignored SIGINT that way).
+                _, pending = wait(pending, timeout=0.2)
             results = [future.result() for future in futures]
         except KeyboardInterrupt:
             stop_all()
