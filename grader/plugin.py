@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 
 from . import checks
+from .ranks import RankFailed
 from .statuses import (
     CRASHED,
     ERROR,
@@ -143,6 +144,8 @@ def classify(exc: BaseException, places: _Places) -> dict[str, Any]:
       exception that the learner's code raised, with the place it was raised.
     """
     exc = _unwrap(exc)
+    if isinstance(exc, RankFailed):  # read where it happened, in the rank's own process
+        return dict(exc.info)
     tb = exc.__traceback__
     where = places.deepest(tb)
     kind = type(exc).__name__
