@@ -873,6 +873,88 @@ CH6 = Chapter(
             ),
             test_timeout=60.0,
         ),
+        Stage(
+            name="tensor_parallel",
+            title="Tensor parallelism: column- and row-parallel layers, Megatron's f and g",
+            tests="tests/ch6/test_tensor_parallel.py",
+            files=("ch6/tensor_parallel.py",),
+            doc="docs/chapter06/6_5_tensor_parallel.md",
+            hints=(
+                "f (_CopyToParallelRegion) returns x.view_as(x) in forward and all-reduces a "
+                "clone of the gradient in backward; g (_ReduceFromParallelRegion) all-reduces a "
+                "clone of x in forward and returns the gradient unchanged in backward.",
+                Hint(
+                    "A Linear's weight is (out, in). ColumnParallelLinear keeps rows "
+                    "rank*out/N:(rank+1)*out/N of the weight and bias; RowParallelLinear keeps "
+                    "columns rank*in/N:(rank+1)*in/N of the weight and the WHOLE bias.",
+                    tests=("test_shards_are_the_right_slices",),
+                ),
+                Hint(
+                    "Column forward: F.linear(copy_to_parallel_region(x), weight, bias), then "
+                    "gather_from_parallel_region if gather_output. Row forward: "
+                    "scatter_to_parallel_region(x) unless input_is_parallel, then "
+                    "reduce_from_parallel_region(F.linear(x, weight)) and add the bias after the "
+                    "sum, once.",
+                    tests=(
+                        "test_column_parallel_matches_linear",
+                        "test_row_parallel_matches_linear",
+                        "test_parallel_mlp_matches_mlp_and_torch_tensor_parallel",
+                    ),
+                ),
+                Hint(
+                    "Attention: the full c_attn stacks all queries, then all keys, then all "
+                    "values; this rank's rows are its block of each: torch.cat of three "
+                    "torch.arange(p * C + rank * C/N, p * C + (rank + 1) * C/N) for p in 0, 1, 2. "
+                    "Then split the local output in three (C/N each) and run n_head/N heads.",
+                    tests=("test_parallel_attention_matches_attention",),
+                ),
+            ),
+            test_timeout=60.0,
+            forbidden=("torch.distributed.tensor.parallel.parallelize_module",),
+        ),
+        Stage(
+            name="fsdp",
+            title="FSDP: sharded parameters with fully_shard, sharded checkpoints",
+            tests="tests/ch6/test_fsdp.py",
+            files=("ch6/fsdp.py",),
+            doc="docs/chapter06/6_6_fsdp.md",
+            hints=(
+                "shard_model: fully_shard(block, mesh=mesh) for each block in "
+                "model.transformer.h, then fully_shard(model, mesh=mesh); return model.",
+                Hint(
+                    "parameter_bytes: for p in model.parameters(), count p.to_local() when p is a "
+                    "DTensor (its numel() is the whole parameter's), else p itself: numel() * "
+                    "element_size().",
+                    tests=("test_two_ranks_match_one_process_and_hold_half_the_bytes",),
+                ),
+                Hint(
+                    "save_sharded: dcp.save({'model': get_model_state_dict(model), 'optimizer': "
+                    "get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(folder)). "
+                    "load_sharded: build the same dict, dcp.load(it, checkpoint_id=...), then "
+                    "set_model_state_dict and set_optimizer_state_dict with what was loaded.",
+                    tests=("test_checkpoint_saved_by_two_ranks_resumes_on_one",),
+                ),
+            ),
+            test_timeout=60.0,
+        ),
+        Stage(
+            name="e2e",
+            title="Train your GPT with torchrun: DDP or FSDP on 2 processes, then sample",
+            tests="tests/ch6/test_e2e.py",
+            files=("ch3/gpt.py", "ch6/dist_utils.py", "ch6/ddp.py", "ch6/fsdp.py"),
+            doc="docs/chapter06/6_7_e2e.md",
+            hints=(
+                "Every earlier stage passes but the losses differ from one process? The first "
+                "loss comes before any update: if it differs, the ranks did not read the global "
+                "batch together (each its own ShardedSampler part).",
+                "The trainer is given (ch6/train.py): run python -m torch.distributed.run "
+                "--nproc_per_node 2 -m grader.tasks.ch6 train --out /tmp/run with "
+                "LLMFS_TREE=exercises to see your run's losses.",
+            ),
+            points=20,
+            test_timeout=120.0,
+            time_limit=240.0,
+        ),
     ),
 )
 
