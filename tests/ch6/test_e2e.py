@@ -45,9 +45,9 @@ def check_same_run(got: dict, expected: dict, what: str, where: str) -> None:
         f"the first loss of {what} (before any update, so it depends on the data only)",
         DATA,
         atol=LOSS_ATOL,
-        hint="with the same weights, only the data can make it differ: do the ranks each read "
-        "their own part of the global batch (ShardedSampler with this rank), together the "
-        "whole batch?",
+        hint="with the same weights, only the data can make it differ: each rank must read its "
+        "own part of the global batch (ShardedSampler with its rank), the parts together the "
+        "whole batch",
     )
     check_close(
         losses(got),
@@ -55,9 +55,9 @@ def check_same_run(got: dict, expected: dict, what: str, where: str) -> None:
         f"the losses of {what} at every step",
         where,
         atol=LOSS_ATOL,
-        hint="the first loss matches but later ones drift: are the gradients averaged (not "
-        "summed, not left per rank) before every optimizer step, and the initial weights the "
-        "same on every rank?",
+        hint="the first loss matches but later ones drift: average the gradients (not summed, "
+        "not left per rank) before every optimizer step, from the same initial weights on "
+        "every rank",
     )
 
 

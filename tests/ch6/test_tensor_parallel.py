@@ -555,7 +555,7 @@ def test_parallel_attention_matches_attention():
                 every_rank(contiguous_qkv_attention(full, x)),
             )
         ],
-        hint="is the attention causal, and does each rank compute n_head / world_size heads?",
+        hint="the attention must be causal, each rank computing n_head / world_size heads",
     )
     check_close(
         stacked(results, "x_grad"),

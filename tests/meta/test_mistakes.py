@@ -634,6 +634,98 @@ BROKEN = (
         ),
         "came out as the state of every parameter",
     ),
+    Broken(
+        "tp_all_reduce_in_both_passes",
+        "ch6.tensor_parallel",
+        "ch6/tensor_parallel.py",
+        (
+            (
+                "import torch.distributed as dist\n",
+                "import torch.distributed as dist\nimport torch.distributed.nn.functional as dist_nn\n",
+                1,
+            ),
+            ("y = reduce_from_parallel_region(partial)", "y = dist_nn.all_reduce(partial)", 1),
+        ),
+        "torch.distributed.nn.functional.all_reduce all-reduces in backward too",
+    ),
+    Broken(
+        "tp_row_bias_on_every_rank",
+        "ch6.tensor_parallel",
+        "ch6/tensor_parallel.py",
+        (
+            (
+                "partial = F.linear(x, self.weight)  #",
+                "partial = F.linear(x, self.weight, self.bias)  #",
+                1,
+            ),
+            (
+                "            y = y + self.bias  # once, after the sum: not once per rank\n",
+                "            pass\n",
+                1,
+            ),
+        ),
+        "came out as the bias added on every rank (world_size times the bias)",
+    ),
+    Broken(
+        "tp_row_parallel_splits_the_output_features",
+        "ch6.tensor_parallel",
+        "ch6/tensor_parallel.py",
+        (
+            (
+                "torch.empty(out_features, self.in_per_rank)",
+                "torch.empty(out_features // self.world_size, in_features)",
+                1,
+            ),
+            (
+                "        cols = slice(self.rank * self.in_per_rank, (self.rank + 1) * self.in_per_rank)\n"
+                "        self.weight.copy_(linear.weight[:, cols])",
+                "        n = self.out_features // self.world_size\n"
+                "        self.weight.copy_(linear.weight[self.rank * n : (self.rank + 1) * n])",
+                1,
+            ),
+        ),
+        "split along the wrong dimension",
+    ),
+    Broken(
+        "tp_attention_contiguous_qkv_rows",
+        "ch6.tensor_parallel",
+        "ch6/tensor_parallel.py",
+        (
+            (
+                "torch.cat([torch.arange(p * C + start, p * C + start + width) for p in range(3)])",
+                "torch.arange(3 * start, 3 * (start + width))",
+                1,
+            ),
+        ),
+        "one contiguous block of c_attn's rows per rank",
+    ),
+    Broken(
+        "fsdp_root_not_wrapped",
+        "ch6.fsdp",
+        "ch6/fsdp.py",
+        (("    fully_shard(model, mesh=mesh)  # the root", "    pass  # the root", 1),),
+        "the root model is not an FSDP unit",
+    ),
+    Broken(
+        "fsdp_counts_whole_parameters",
+        "ch6.fsdp",
+        "ch6/fsdp.py",
+        (("local = p.to_local() if isinstance(p, DTensor) else p", "local = p", 1),),
+        "came out as the whole model's bytes on every rank",
+    ),
+    Broken(
+        "e2e_ranks_read_the_same_data",
+        "ch6.e2e",
+        "ch6/train.py",
+        (
+            (
+                "ddp.ShardedSampler(len(dataset), rank, world_size, seed=seed",
+                "ddp.ShardedSampler(len(dataset), 0, 1, seed=seed",
+                1,
+            ),
+        ),
+        "only the data can make it differ",
+    ),
 )
 
 
