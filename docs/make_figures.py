@@ -2,7 +2,7 @@
 
 Every figure is computed by the reference solutions (attention weights, positional encodings, the
 trainer's learning-rate schedule, a short real training run, BPE merges, RoPE, grouped-query heads,
-the KV cache, MoE routing), so a picture can never
+the KV cache, MoE routing, tensor-parallel shards, FSDP's memory), so a picture can never
 disagree with the code it illustrates. Needs matplotlib (``pip install -e ".[docs]"``); writes
 PNGs to ``docs/figures/`` (or ``--out``). ``--only NAME ...`` draws some of them; the loss curve
 trains a small GPT for a few hundred steps (a minute or two on a laptop CPU).
@@ -354,6 +354,115 @@ def moe_routing(out: Path) -> None:
     plt.close(fig)
 
 
+def _mlp_shards(rank: int, world_size: int, state: dict) -> dict:
+    """On one rank: the parts of a full MLP that ParallelMLP.load_full keeps."""
+    from torch import nn
+
+    from solutions.ch6.tensor_parallel import ParallelMLP
+
+    full = nn.ModuleDict({"c_fc": nn.Linear(8, 32), "c_proj": nn.Linear(32, 8)})
+    full.load_state_dict(state)
+    mlp = ParallelMLP(8, 32)
+    mlp.load_full(full)
+    return {name: p.detach() for name, p in mlp.named_parameters()}
+
+
+def tensor_parallel_mlp(out: Path) -> None:
+    """Which rows of c_fc and which columns of c_proj each of 2 ranks keeps in ParallelMLP
+    (found by matching the shards load_full took against the full weights), and what is sent."""
+    from torch import nn
+
+    from grader.ranks import run_ranks
+
+    torch.manual_seed(0)
+    full = nn.ModuleDict({"c_fc": nn.Linear(8, 32), "c_proj": nn.Linear(32, 8)})
+    shards = run_ranks(_mlp_shards, 2, full.state_dict())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    colors = plt.get_cmap("tab10")
+    for ax, name in zip(axes, ("c_fc", "c_proj"), strict=True):
+        weight = full[name].weight.detach()  # (out, in)
+        owner = torch.full(weight.shape, -1.0)
+        for rank, shard in enumerate(shards):
+            local = shard[f"{name}.weight"]
+            for i in range(weight.shape[0]):  # a row of the full weight held by this rank?
+                for j in range(weight.shape[1]):
+                    if (local == weight[i, j]).any():
+                        owner[i, j] = rank
+        ax.imshow(owner.T, cmap=colors, vmin=0, vmax=9, aspect="auto")
+        rows, cols = weight.shape
+        ax.set_xlabel(f"output feature (weight row, of {rows})")
+        ax.set_ylabel(f"input feature (weight column, of {cols})")
+        kind = "column-parallel: rows split" if name == "c_fc" else "row-parallel: columns split"
+        ax.set_title(f"{name}.weight ({kind})")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors(r)) for r in range(2)]
+    fig.legend(handles, ["rank 0", "rank 1"], loc="outside right center")
+    fig.suptitle(
+        "ParallelMLP on 2 ranks: x -> f (identity; backward: all-reduce) -> c_fc shard -> GELU\n"
+        "-> c_proj shard -> g (all-reduce; backward: identity)"
+    )
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _fsdp_bytes(rank: int, world_size: int, vocab: int) -> dict[str, int]:
+    """One rank's parameter, gradient and AdamW bytes after one FSDP step of the e2e GPT."""
+    from torch.distributed.tensor import DTensor
+
+    from grader.tasks import ch3 as task
+    from solutions.ch3.gpt import GPT, GPTConfig
+    from solutions.ch6.fsdp import parameter_bytes, shard_model
+
+    torch.manual_seed(0)
+    model = shard_model(GPT(GPTConfig(vocab_size=vocab, block_size=task.BLOCK_SIZE, **task.MODEL)))
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    model(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))[1].backward()
+    optimizer.step()
+
+    def local(t: torch.Tensor) -> int:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    state = [t for s in optimizer.state.values() for k, t in s.items() if k != "step"]
+    return {
+        "parameters": parameter_bytes(model),
+        "gradients": sum(local(p.grad) for p in model.parameters()),
+        "AdamW state": sum(local(t) for t in state),
+    }
+
+
+def fsdp_memory(out: Path) -> None:
+    """Bytes per rank of the e2e GPT's parameters, gradients and AdamW state under DDP, ZeRO-1
+    and FSDP on 2 and 4 ranks, beside one process (FSDP measured on the ranks; DDP keeps
+    everything, ZeRO-1 divides the AdamW state only)."""
+    import torch._dynamo  # noqa: F401 -- imported by the first optimizer: once, before forking
+
+    from grader.ranks import run_ranks
+    from grader.tasks import ch3 as task
+
+    vocab = len(set(task.corpus_text()))
+    parts = ("parameters", "gradients", "AdamW state")
+    whole = run_ranks(_fsdp_bytes, 1, vocab)[0]  # one process: everything
+    bars: dict[str, dict[str, int]] = {"one\nprocess": whole}
+    for n in (2, 4):
+        measured = run_ranks(_fsdp_bytes, n, vocab)[0]
+        bars[f"DDP\n{n} ranks"] = whole
+        bars[f"ZeRO-1\n{n} ranks"] = whole | {"AdamW state": -(-whole["AdamW state"] // n)}
+        bars[f"FSDP\n{n} ranks"] = measured
+    fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
+    bottom = [0.0] * len(bars)
+    for part in parts:
+        values = [b[part] / 1024 for b in bars.values()]
+        ax.bar(list(bars), values, bottom=bottom, label=part)
+        bottom = [a + v for a, v in zip(bottom, values, strict=True)]
+    for i, total in enumerate(bottom):
+        ax.text(i, total, f"{total:,.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("KiB per rank")
+    ax.set_title("What each rank stores for the e2e GPT (FSDP's bars measured on the ranks)")
+    ax.legend()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "attention_weights": attention_weights,
     "positional_encoding": positional_encoding,
@@ -364,6 +473,8 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "gqa_heads": gqa_heads,
     "kv_cache": kv_cache,
     "moe_routing": moe_routing,
+    "tensor_parallel_mlp": tensor_parallel_mlp,
+    "fsdp_memory": fsdp_memory,
 }
 
 
