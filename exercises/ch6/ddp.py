@@ -35,7 +35,7 @@ def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
     models initialised from different random states would otherwise train apart."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'ddp' not started: implement broadcast_parameters in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+        "ch6 stage 'ddp' not started: implement broadcast_parameters in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#start-identical-broadcast_parameters)"
     )
 
 
@@ -75,7 +75,7 @@ def all_reduce_gradients(model: nn.Module, bucket_mb: float = 25.0) -> None:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'ddp' not started: implement all_reduce_gradients in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+        "ch6 stage 'ddp' not started: implement all_reduce_gradients in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#average-the-gradients-all_reduce_gradients)"
     )
 
 
@@ -89,7 +89,7 @@ def train_step(
     loss."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'ddp' not started: implement train_step in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+        "ch6 stage 'ddp' not started: implement train_step in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#the-step-train_step)"
     )
 
 
@@ -134,21 +134,21 @@ class ShardedSampler:
         self.position = 0  # indices of this epoch already handed out
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'ddp' not started: implement ShardedSampler.__init__ in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+            "ch6 stage 'ddp' not started: implement ShardedSampler.__init__ in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#each-rank-its-own-data-shardedsampler)"
         )
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: its own order, read from the beginning."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'ddp' not started: implement ShardedSampler.set_epoch in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+            "ch6 stage 'ddp' not started: implement ShardedSampler.set_epoch in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#each-rank-its-own-data-shardedsampler)"
         )
 
     def indices(self) -> list[int]:
         """This rank's indices for the current epoch, all of them, in order."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'ddp' not started: implement ShardedSampler.indices in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+            "ch6 stage 'ddp' not started: implement ShardedSampler.indices in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#each-rank-its-own-data-shardedsampler)"
         )
 
     def __iter__(self) -> Iterator[int]:
@@ -156,7 +156,7 @@ class ShardedSampler:
         pass starts the same epoch from the beginning next time."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'ddp' not started: implement ShardedSampler.__iter__ in ch6/ddp.py (read docs/chapter06/6_3_ddp.md)"
+            "ch6 stage 'ddp' not started: implement ShardedSampler.__iter__ in ch6/ddp.py (read docs/chapter06/6_3_ddp.md#each-rank-its-own-data-shardedsampler)"
         )
 
     def __len__(self) -> int:

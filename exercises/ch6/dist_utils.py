@@ -44,7 +44,7 @@ def setup(backend: str | None = None, timeout_s: float = 60.0) -> tuple[int, int
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'collectives' not started: implement setup in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md)"
+        "ch6 stage 'collectives' not started: implement setup in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md#joining-the-group-setup-and-cleanup)"
     )
 
 
@@ -52,7 +52,7 @@ def cleanup() -> None:
     """Leave the process group (``dist.destroy_process_group``); nothing if none was joined."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'collectives' not started: implement cleanup in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md)"
+        "ch6 stage 'collectives' not started: implement cleanup in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md#joining-the-group-setup-and-cleanup)"
     )
 
 
@@ -67,7 +67,7 @@ def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'collectives' not started: implement shard in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md)"
+        "ch6 stage 'collectives' not started: implement shard in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md#splitting-work-shard)"
     )
 
 
@@ -96,5 +96,5 @@ def ring_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'collectives' not started: implement ring_all_reduce in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md)"
+        "ch6 stage 'collectives' not started: implement ring_all_reduce in ch6/dist_utils.py (read docs/chapter06/6_2_collectives.md#the-ring-all-reduce-ring_all_reduce)"
     )

@@ -73,7 +73,7 @@ class ShardedAdamW:
         self.step_count = 0
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'zero' not started: implement ShardedAdamW.__init__ in ch6/zero.py (read docs/chapter06/6_4_zero.md)"
+            "ch6 stage 'zero' not started: implement ShardedAdamW.__init__ in ch6/zero.py (read docs/chapter06/6_4_zero.md#the-sharded-optimizer-shardedadamw)"
         )
 
     def _flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +93,7 @@ class ShardedAdamW:
         beta1, beta2 = self.betas
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'zero' not started: implement ShardedAdamW.step in ch6/zero.py (read docs/chapter06/6_4_zero.md)"
+            "ch6 stage 'zero' not started: implement ShardedAdamW.step in ch6/zero.py (read docs/chapter06/6_4_zero.md#the-sharded-optimizer-shardedadamw)"
         )
 
     def zero_grad(self) -> None:
@@ -106,5 +106,5 @@ class ShardedAdamW:
         2 * 4 * ceil(numel / world_size) for fp32."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'zero' not started: implement ShardedAdamW.state_bytes in ch6/zero.py (read docs/chapter06/6_4_zero.md)"
+            "ch6 stage 'zero' not started: implement ShardedAdamW.state_bytes in ch6/zero.py (read docs/chapter06/6_4_zero.md#the-sharded-optimizer-shardedadamw)"
         )
