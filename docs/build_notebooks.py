@@ -709,7 +709,9 @@ CH6 = [
 
 This notebook follows the chapter's sections ([6.1](6_1_overview.md) gives the map): joining a
 process group and a ring all-reduce ([6.2](6_2_collectives.md)), data parallelism by hand
-([6.3](6_3_ddp.md)) and ZeRO-1 ([6.4](6_4_zero.md)). Each distributed cell runs a function on
+([6.3](6_3_ddp.md)), ZeRO-1 ([6.4](6_4_zero.md)), tensor parallelism
+([6.5](6_5_tensor_parallel.md)), FSDP ([6.6](6_6_fsdp.md)) and training with torchrun
+([6.7](6_7_e2e.md)). Each distributed cell runs a function on
 several ranks with `grader.ranks.run_ranks`: one forked process per rank, joined in a gloo group
 on this CPU, whose return values come back here. A real run starts the same code with
 `torchrun --nproc_per_node N`. The grader checks all of it more thoroughly:
@@ -846,6 +848,117 @@ model(x, y)[1].backward()
 adamw.step()
 one = torch.cat([p.detach().flatten() for p in model.parameters()])
 print("4 ranks against AdamW, largest difference:", (results[0][1] - one).abs().max().item())""",
+    ),
+    (
+        "markdown",
+        """\
+## 6.5 Tensor parallelism
+
+`ParallelMLP` splits `c_fc` by rows (output features) and `c_proj` by columns (input
+features): on 2 ranks it gives the unsharded MLP's output, with one all-reduce in forward (g)
+and one in backward (f), counted by PyTorch's `CommDebugMode`.""",
+    ),
+    (
+        "code",
+        """\
+from torch import nn
+from torch.distributed.tensor.debug import CommDebugMode
+
+tensor_parallel = importlib.import_module(f"{TREE}.ch6.tensor_parallel")
+full_mlp = nn.ModuleDict({"c_fc": nn.Linear(16, 64), "c_proj": nn.Linear(64, 16)})
+h = torch.randn(2, 5, 16)
+expected = full_mlp.c_proj(nn.functional.gelu(full_mlp.c_fc(h), approximate="tanh"))
+
+
+def tensor_parallel_mlp(rank, world_size):
+    mlp = tensor_parallel.ParallelMLP(16, 64)
+    mlp.load_full(full_mlp)
+    inputs = h.clone().requires_grad_()
+    with CommDebugMode() as forward:
+        out = mlp(inputs)
+    with CommDebugMode() as backward:
+        out.sum().backward()
+    counts = forward.get_total_counts(), backward.get_total_counts()
+    return tuple(mlp.c_fc.weight.shape), tuple(mlp.c_proj.weight.shape), out.detach(), counts
+
+
+for rank, (fc, proj, out, counts) in enumerate(run_ranks(tensor_parallel_mlp, 2)):
+    print(f"rank {rank}: c_fc {fc}, c_proj {proj}, collectives (forward, backward) {counts}")
+    print("  equals the unsharded MLP:", torch.allclose(out, expected.detach(), atol=1e-6))""",
+    ),
+    (
+        "markdown",
+        """\
+## 6.6 FSDP
+
+`shard_model` makes each block, then the whole GPT, an FSDP unit: every parameter becomes a
+sharded `DTensor`, and each rank holds about half of the bytes. Two ranks with half a batch each
+take the same SGD steps as one process with the whole batch.""",
+    ),
+    (
+        "code",
+        """\
+fsdp = importlib.import_module(f"{TREE}.ch6.fsdp")
+torch.manual_seed(0)
+state = gpt.GPT(config).state_dict()
+
+
+def sgd_alone(world_size, rank):
+    model = gpt.GPT(config)
+    model.load_state_dict(state)
+    if world_size > 1:
+        fsdp.shard_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(3):
+        loss = model(x.chunk(world_size)[rank], y.chunk(world_size)[rank])[1]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(round(loss.item(), 5))
+    return losses, fsdp.parameter_bytes(model)
+
+
+def fully_sharded(rank, world_size):
+    return sgd_alone(world_size, rank)
+
+
+print("1 process: losses, parameter bytes", sgd_alone(1, 0))
+for rank, result in enumerate(run_ranks(fully_sharded, 2)):
+    print(f"rank {rank}:    losses (its half), parameter bytes", result)""",
+    ),
+    (
+        "markdown",
+        """\
+## 6.7 Train your GPT with torchrun
+
+`ch6/train.py` is what `torchrun --nproc_per_node 2 -m solutions.ch6.train --out DIR [--fsdp]`
+runs. Here it runs on 2 forked ranks (`init="env"`: your `setup()` joins, as under torchrun) and
+on 1, with the same global batch: the same losses, and rank 0's checkpoint is chapter 3's.""",
+    ),
+    (
+        "code",
+        """\
+import tempfile
+
+task = importlib.import_module("grader.tasks.ch6")  # the stage's small run (project code)
+train = importlib.import_module(f"{TREE}.ch6.train")
+folder = tempfile.mkdtemp()
+
+
+def run_trainer(rank, world_size, *extra):
+    argv = ["--out", *task.train_args(f"{folder}/{world_size}{''.join(extra)}", *extra)]
+    return train.train(train.build_parser().parse_args([*argv, "--quiet"]))
+
+
+one = [r["loss"] for r in run_ranks(run_trainer, 1, init="env")[0]["train"]]
+two = [r["loss"] for r in run_ranks(run_trainer, 2, "--fsdp", init="env")[0]["train"]]
+print("1 process:      ", [round(v, 5) for v in one])
+print("2 ranks (FSDP): ", [round(v, 5) for v in two])
+cli = importlib.import_module(f"{TREE}.ch3.cli")
+cli.main(
+    ["sample", "--checkpoint", f"{folder}/2--fsdp", "--prompt", "the ", "--max-new-tokens", "40"]
+)""",
     ),
 ]
 
