@@ -47,7 +47,7 @@ def shard_model(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'fsdp' not started: implement shard_model in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md)"
+        "ch6 stage 'fsdp' not started: implement shard_model in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md#shard_model)"
     )
 
 
@@ -57,7 +57,7 @@ def parameter_bytes(model: nn.Module) -> int:
     counts once."""
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'fsdp' not started: implement parameter_bytes in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md)"
+        "ch6 stage 'fsdp' not started: implement parameter_bytes in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md#parameter_bytes)"
     )
 
 
@@ -72,7 +72,7 @@ def save_sharded(model: nn.Module, optimizer: Optimizer, folder: str | Path) -> 
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'fsdp' not started: implement save_sharded in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md)"
+        "ch6 stage 'fsdp' not started: implement save_sharded in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md#save_sharded-and-load_sharded)"
     )
 
 
@@ -86,5 +86,5 @@ def load_sharded(model: nn.Module, optimizer: Optimizer, folder: str | Path) -> 
     """
     # TODO: write this part yourself.
     raise NotImplementedError(
-        "ch6 stage 'fsdp' not started: implement load_sharded in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md)"
+        "ch6 stage 'fsdp' not started: implement load_sharded in ch6/fsdp.py (read docs/chapter06/6_6_fsdp.md#save_sharded-and-load_sharded)"
     )

@@ -193,7 +193,7 @@ class ColumnParallelLinear(nn.Module):
         self.gather_output = gather_output
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ColumnParallelLinear.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ColumnParallelLinear.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#columnparallellinear)"
         )
         _init_like_linear(self.weight, self.bias, in_features)
 
@@ -203,14 +203,14 @@ class ColumnParallelLinear(nn.Module):
         _check_full(linear, self.in_features, self.out_features, "ColumnParallelLinear")
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ColumnParallelLinear.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ColumnParallelLinear.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#columnparallellinear)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features / N), or (..., out_features) gathered."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ColumnParallelLinear.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ColumnParallelLinear.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#columnparallellinear)"
         )
 
 
@@ -238,7 +238,7 @@ class RowParallelLinear(nn.Module):
         self.input_is_parallel = input_is_parallel
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement RowParallelLinear.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement RowParallelLinear.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#rowparallellinear)"
         )
         _init_like_linear(self.weight, self.bias, in_features)
 
@@ -248,7 +248,7 @@ class RowParallelLinear(nn.Module):
         _check_full(linear, self.in_features, self.out_features, "RowParallelLinear")
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement RowParallelLinear.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement RowParallelLinear.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#rowparallellinear)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,7 +256,7 @@ class RowParallelLinear(nn.Module):
         (..., out_features), the same on every rank."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement RowParallelLinear.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement RowParallelLinear.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#rowparallellinear)"
         )
 
 
@@ -274,7 +274,7 @@ class ParallelMLP(nn.Module):
         super().__init__()
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ParallelMLP.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ParallelMLP.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#parallelmlp)"
         )
 
     @torch.no_grad()
@@ -282,14 +282,14 @@ class ParallelMLP(nn.Module):
         """Copy this rank's slices of an unsharded MLP (with ``c_fc`` and ``c_proj`` Linears)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ParallelMLP.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ParallelMLP.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#parallelmlp)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, n_embd) -> (B, T, n_embd), the same on every rank."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ParallelMLP.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ParallelMLP.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#parallelmlp)"
         )
 
 
@@ -318,7 +318,7 @@ class ParallelSelfAttention(nn.Module):
         self.head_size = n_embd // n_head
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ParallelSelfAttention.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ParallelSelfAttention.__init__ in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#parallelselfattention)"
         )
 
     @torch.no_grad()
@@ -327,12 +327,12 @@ class ParallelSelfAttention(nn.Module):
         queries then keys then values; ``c_proj``: n_embd -> n_embd)."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ParallelSelfAttention.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ParallelSelfAttention.load_full in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#parallelselfattention)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, n_embd) -> (B, T, n_embd), causal, the same on every rank."""
         # TODO: write this part yourself.
         raise NotImplementedError(
-            "ch6 stage 'tensor_parallel' not started: implement ParallelSelfAttention.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md)"
+            "ch6 stage 'tensor_parallel' not started: implement ParallelSelfAttention.forward in ch6/tensor_parallel.py (read docs/chapter06/6_5_tensor_parallel.md#parallelselfattention)"
         )
