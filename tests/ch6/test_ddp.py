@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 
 from grader.ranks import run_ranks
 from grader.tree import load
+from tests.ch6.toy import batch, flat, tiny_gpt
 from tests.helpers import (
     Mistake,
     check_close,
@@ -26,7 +27,6 @@ from tests.helpers import (
 )
 
 ddp = load("ch6.ddp")
-gpt = load("ch3.gpt")
 
 BROADCAST = "ch6/ddp.py, broadcast_parameters"
 REDUCE = "ch6/ddp.py, all_reduce_gradients"
@@ -36,18 +36,6 @@ RANK_LIMIT = 20.0  # seconds a rank may take here (run_ranks); the stage's test_
 TINY = 1e-9  # bucket_mb so small that every parameter gets a bucket of its own
 STEPS, LR = 3, 1e-3
 WORLD = 2
-BATCH, T, VOCAB = 4, 8, 32
-
-
-def tiny_gpt(seed: int) -> nn.Module:
-    """Chapter 3's GPT (wte and lm_head tied), weights fixed by name and ``seed``. Without
-    biases: the key's bias has a gradient that is zero in exact arithmetic (softmax ignores a
-    constant added to a row of scores) and about 1e-10 in floats, whose sign depends on the order
-    of the additions, and AdamW turns that noise into a full-size step."""
-    config = gpt.GPTConfig(
-        vocab_size=VOCAB, block_size=T, n_layer=2, n_head=2, n_embd=16, bias=False
-    )
-    return fill_parameters(gpt.GPT(config), seed=seed)
 
 
 def with_buffers(seed: int) -> nn.Module:
@@ -71,19 +59,8 @@ class Branchy(nn.Module):
         return y.pow(2).mean()
 
 
-def batch(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, VOCAB, (BATCH, T), generator=generator)
-    y = torch.randint(0, VOCAB, (BATCH, T), generator=generator)
-    return x, y
-
-
 def my_half(t: torch.Tensor, rank: int) -> torch.Tensor:
     return t.chunk(WORLD)[rank]
-
-
-def flat(tensors) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
 
 
 def grads(model: nn.Module) -> list[torch.Tensor | None]:
@@ -206,7 +183,7 @@ def test_all_reduce_gradients_averages_in_buckets():
     of the whole batch (the average, not the sum) in every parameter of the GPT (its tied wte and
     lm_head once), with one all_reduce per bucket: one per parameter for a tiny bucket_mb, one in
     all with the default 25 MB."""
-    x, y = batch()
+    x, y = batch(3)
     results = run_ranks(averages, WORLD, x, y, timeout=RANK_LIMIT)
     model = tiny_gpt(seed=0)
     model(x, y)[1].backward()
@@ -277,7 +254,7 @@ def test_all_reduce_gradients_averages_in_buckets():
 def test_a_parameter_used_on_one_rank_only():
     """A parameter with a gradient on rank 0 only gets half of it everywhere; one that no rank
     used keeps grad None; both ranks make the same all_reduce calls."""
-    results = run_ranks(averages, WORLD, *batch(), timeout=RANK_LIMIT)
+    results = run_ranks(averages, WORLD, *batch(3), timeout=RANK_LIMIT)
     expected: list[torch.Tensor | None] = []
     for rank in range(WORLD):
         branchy = fill_parameters(Branchy())
@@ -316,7 +293,7 @@ def test_training_on_halves_equals_one_process_and_ddp():
     """2 ranks that start from different weights, broadcast, and take 3 train_steps (AdamW) on
     halves of a batch end with the parameters of one process on the whole batch and of
     DistributedDataParallel, to 1e-6; train_step returns the whole batch's loss."""
-    x, y = batch()
+    x, y = batch(3)
     results = run_ranks(trains, WORLD, x, y, timeout=RANK_LIMIT)
     model = tiny_gpt(seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)

@@ -15,39 +15,19 @@ from torch.nn.parallel import DistributedDataParallel
 
 from grader.ranks import run_ranks
 from grader.tree import load
-from tests.helpers import Mistake, check_close, check_equal, fail_if_mistake, fill_parameters
+from tests.ch6.toy import batch, flat, tiny_gpt
+from tests.helpers import Mistake, check_close, check_equal, fail_if_mistake
 
 zero = load("ch6.zero")
-gpt = load("ch3.gpt")
 
 INIT = "ch6/zero.py, ShardedAdamW.__init__"
 STEP = "ch6/zero.py, ShardedAdamW.step"
 BYTES = "ch6/zero.py, ShardedAdamW.state_bytes"
 RANK_LIMIT = 20.0  # seconds a rank may take here (run_ranks); the stage's test_timeout is 60
 STEPS, WORLD = 3, 2
-BATCH, T, VOCAB = 4, 8, 32
 # eps larger than most gradients: AdamW's first step is then about lr * g / eps, so a gradient
 # twice too large (summed over 2 ranks, not averaged) moves the parameters twice as far.
 HYPER = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-3, "weight_decay": 0.1}
-
-
-def tiny_gpt() -> nn.Module:
-    """Chapter 3's GPT (tied wte and lm_head), no biases (see tests/ch6/test_ddp.py's tiny_gpt),
-    weights fixed by name."""
-    config = gpt.GPTConfig(
-        vocab_size=VOCAB, block_size=T, n_layer=2, n_head=2, n_embd=16, bias=False
-    )
-    return fill_parameters(gpt.GPT(config))
-
-
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(4)
-    x = torch.randint(0, VOCAB, (BATCH, T), generator=generator)
-    return x, torch.randint(0, VOCAB, (BATCH, T), generator=generator)
-
-
-def flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in model.parameters()])
 
 
 def train(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
@@ -65,7 +45,7 @@ def adamw_reference(x: torch.Tensor, y: torch.Tensor, steps: int, scale: float =
         (scale * model(x, y)[1]).backward()
         optimizer.step()
         optimizer.zero_grad()
-    return flat(model)
+    return flat(model.parameters())
 
 
 # -- in the ranks ------------------------------------------------------------------------------
@@ -78,7 +58,7 @@ def sharded(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor) -> dic
         model = tiny_gpt()
         optimizer = zero.ShardedAdamW(model.parameters(), **HYPER)
         train(model, optimizer, xs, ys, steps)
-        out[steps] = flat(model)
+        out[steps] = flat(model.parameters())
     out["state_bytes"] = optimizer.state_bytes()
     if world_size > 1:
         theirs = DistributedDataParallel(tiny_gpt())
@@ -86,7 +66,7 @@ def sharded(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor) -> dic
             theirs.parameters(), optimizer_class=torch.optim.AdamW, **HYPER
         )
         train(theirs, optimizer, xs, ys, STEPS)
-        out["zero_redundancy"] = flat(theirs.module)
+        out["zero_redundancy"] = flat(theirs.module.parameters())
     return out
 
 
@@ -94,7 +74,7 @@ def sharded(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor) -> dic
 def test_one_rank_equals_adamw():
     """On a group of one, ShardedAdamW is torch.optim.AdamW: the same parameters after 1 and 3
     steps, and the state of every number (2 * 4 bytes each)."""
-    x, y = batch()
+    x, y = batch(4)
     (got,) = run_ranks(sharded, 1, x, y, timeout=RANK_LIMIT)
     for steps in (1, STEPS):
         check_close(
@@ -114,9 +94,9 @@ def test_one_rank_equals_adamw():
 def test_two_ranks_equal_adamw_on_the_whole_batch():
     """On 2 ranks, each with the gradient of its half of the batch, ShardedAdamW gives the
     parameters of one process running AdamW on the whole batch, after 1 step and after 3."""
-    x, y = batch()
+    x, y = batch(4)
     results = run_ranks(sharded, WORLD, x, y, timeout=RANK_LIMIT)
-    start = flat(tiny_gpt())
+    start = flat(tiny_gpt().parameters())
     one_step = adamw_reference(x, y, 1)
     numel = start.numel()
     shard_size = math.ceil(numel / WORLD)
@@ -157,7 +137,7 @@ def test_two_ranks_equal_adamw_on_the_whole_batch():
 def test_two_ranks_equal_zero_redundancy_optimizer_with_half_the_state():
     """On 2 ranks, ShardedAdamW's parameters after 3 steps are ZeroRedundancyOptimizer's (AdamW,
     under DDP), and each rank holds 2 * 4 * ceil(numel / 2) bytes of state."""
-    x, y = batch()
+    x, y = batch(4)
     results = run_ranks(sharded, WORLD, x, y, timeout=RANK_LIMIT)
     numel = sum(p.numel() for p in tiny_gpt().parameters())
     for rank, got in enumerate(results):
