@@ -157,6 +157,20 @@ def accuracy(model: nn.Module, tokenizer, rows: list[Record]) -> float:
     return sum(g == r["answer"] for g, r in zip(got, rows, strict=True)) / len(rows)
 
 
+def expected_reward(model: nn.Module, tokenizer, rows: list[Record]) -> float:
+    """The mean reward of answers sampled at temperature 1, computed exactly instead of sampled:
+    per RL record, the probability that the model writes ``answer`` then ``<|end|>`` (the
+    chat tokenizer gives each answer one tokenization, so this is the probability of reward 1).
+    No sampling noise: a small change in the policy shows as a change of this number."""
+    examples = [
+        sft.build_example(tokenizer, r["prompt"] + [{"role": "assistant", "content": r["answer"]}])
+        for r in rows
+    ]
+    x, y = sft.collate(examples, pad_id=tokenizer.special_tokens[sft.END])
+    with torch.no_grad():
+        return float(dpo.sequence_logprobs(model, x, y).exp().mean())
+
+
 def preference_batches(tokenizer, rows: list[Record]):
     """``((x_chosen, y_chosen), (x_rejected, y_rejected))`` for DPO records."""
     pad = tokenizer.special_tokens[sft.END]
@@ -197,6 +211,25 @@ def add_adapters(
     lora.apply_lora(model, r=r, alpha=alpha, targets=tuple(targets))
     lora.mark_only_lora_trainable(model)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+FINAL_NORMS = ("transformer.ln_f", "norm")  # chapter 3's GPT, chapter 4's Llama
+
+
+def only_final_gain_trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Freeze ``model`` except the gain (``weight``) of its final norm, the one before
+    ``lm_head``: ``[that gain]``. It scales each feature that the logits are read from, a
+    learned temperature per feature: few numbers that a noisy reward can steer, and a change
+    that holds for every prompt, not only for those trained on."""
+    modules = dict(model.named_modules())
+    found = [modules[n] for n in FINAL_NORMS if n in modules]
+    if not found:
+        raise ValueError(f"the model has no final norm named one of {list(FINAL_NORMS)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gain = found[0].weight
+    gain.requires_grad_(True)
+    return [gain]
 
 
 def train_sft(
