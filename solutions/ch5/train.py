@@ -203,6 +203,13 @@ def preference_accuracy(
 # ------------------------------------------------------------------------------------ loops
 
 
+def context_length(model: nn.Module) -> int:
+    """The longest input of a chapter 3 GPT (``config.block_size``) or chapter 4 Llama
+    (``config.max_seq_len``)."""
+    config = model.config
+    return int(getattr(config, "block_size", None) or config.max_seq_len)
+
+
 def add_adapters(
     model: nn.Module, r: int, alpha: float, targets: Iterable[str]
 ) -> list[nn.Parameter]:
@@ -249,7 +256,7 @@ def train_sft(
     losses = []
     for step in range(steps):
         rng = random.Random(seed * 100_003 + step)
-        block = model.config.block_size
+        block = context_length(model)
         x, y = sft.collate(
             [rng.choice(examples) for _ in range(batch_size)], pad_id=pad, block_size=block
         )
@@ -363,8 +370,9 @@ def train_rl(
 def save_checkpoint(
     model: nn.Module, tokenizer, path: str | Path, history: dict | None = None
 ) -> Path:
-    """Write ``model`` (plain: merge its adapters first) and ``tokenizer`` as a chapter 3
-    checkpoint folder, which ``python -m solutions.ch3 sample --checkpoint`` reads."""
+    """Write ``model`` (plain: merge its adapters first) and ``tokenizer`` as a checkpoint folder
+    in chapter 3's format, with the model's config: a GPT's is read by ``python -m solutions.ch3
+    sample --checkpoint``, a Llama's by ``python -m solutions.ch4 sample --checkpoint``."""
     path = Path(path)
     file = path / "checkpoint.pt" if path.suffix != ".pt" else path
     file.parent.mkdir(parents=True, exist_ok=True)
