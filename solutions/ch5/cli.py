@@ -1,6 +1,7 @@
 """The chapter's command line: fine-tune a chapter 3 or 4 checkpoint by SFT, DPO or RL.
 
     python -m solutions.ch5 pretrain --out runs/base          # a small chat-ready base model
+    python -m solutions.ch5 pretrain --llama --out runs/llama # ... a chapter 4 Llama
     python -m solutions.ch5 sft --checkpoint runs/base --out runs/sft [--data sft.jsonl]
     python -m solutions.ch5 dpo --checkpoint runs/sft --out runs/dpo [--data dpo.jsonl]
     python -m solutions.ch5 rl --checkpoint runs/sft --out runs/rl [--data rl.jsonl]
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     base.add_argument("--steps", type=int, default=400, help="optimizer steps")
     base.add_argument("--seed", type=int, default=0, help="seeds the model and the data")
+    base.add_argument("--llama", action="store_true", help="a chapter 4 Llama instead of a GPT")
 
     data = sub.add_parser("data", help="write the generated data as JSONL", **defaults)
     data.add_argument("kind", choices=KINDS, help="which records")
@@ -103,6 +105,19 @@ def load_model(path: Path) -> tuple[torch.nn.Module, Any]:
     # no block_size (a Llama's is max_seq_len)
     model.block_size = train.context_length(model)
     return model, tokenizer
+
+
+SHAPE = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 32}  # the GPT that pretrain trains
+
+
+def _llama() -> torch.nn.Module:
+    """A Llama of chapter 4's tiny shape with the chat tokenizer's vocabulary and GPT's context."""
+    from ..ch4.cli import CONFIGS
+    from ..ch4.llama import Llama, LlamaConfig
+
+    shape = dict(CONFIGS["tiny"], max_seq_len=SHAPE["block_size"])
+    del shape["block_size"]
+    return Llama(LlamaConfig(vocab_size=sft.chat_tokenizer().vocab_size, **shape))
 
 
 def fine_tune(args: argparse.Namespace) -> int:
@@ -165,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "pretrain":
+        torch.manual_seed(args.seed)
         model, tokenizer = train.pretrain(
-            steps=args.steps, seed=args.seed, n_layer=2, n_head=4, n_embd=64, block_size=32
+            steps=args.steps, seed=args.seed, model=_llama() if args.llama else None, **SHAPE
         )
         print(f"pretrained; wrote {train.save_checkpoint(model, tokenizer, args.out)}")
         return 0

@@ -106,17 +106,23 @@ def read_jsonl(path: str | Path, kind: str) -> list[Record]:
 
 
 def pretrain(
-    steps: int = 400, batch_size: int = 32, lr: float = 3e-3, seed: int = 0, **model: int
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    model: nn.Module | None = None,
+    **shape: int,
 ) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)``: a GPT trained on lines ``a+b=c<|end|>`` with the chat tokenizer
-    (AdamW, constant learning rate). It knows the sums and the end token, not the chat format."""
+    """``(model, tokenizer)``: a GPT of ``shape`` trained on lines ``a+b=c<|end|>`` with the
+    chat tokenizer (AdamW, constant learning rate). It knows the sums and the end token, not the
+    chat format. A ``model`` given (a chapter 4 Llama, say, whose vocabulary is the chat
+    tokenizer's) is trained instead."""
     tokenizer = sft.chat_tokenizer()
     lines = [f"{a}+{b}={a + b}{sft.END}" for a in range(DIGITS) for b in range(DIGITS)]
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, **model)
-    gpt = GPT(config)
+    gpt = model if model is not None else GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **shape))
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=lr, weight_decay=0.0)
-    width = config.block_size + 1
+    width = context_length(gpt) + 1
     gpt.train()
     for step in range(steps):
         rng = random.Random(seed * 100_003 + step)

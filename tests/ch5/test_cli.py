@@ -43,28 +43,20 @@ def test_sft_dpo_rl_write_checkpoints_that_sample_reads(base, tmp_path, capsys):
 
 
 def test_a_chapter_4_checkpoint_gives_one_that_chapter_4_sample_reads(tmp_path, capsys):
-    """A tiny Llama with the chat tokenizer (chapter 4's tiny shape), saved in the checkpoint
-    format chapter 4's train writes; SFT (LoRA on q/k/v/o_proj) and RL each write a Llama."""
-    llama, train = load("ch4.llama"), load("ch5.train")
-    tokenizer = load("ch5.sft").chat_tokenizer()
-    torch.manual_seed(0)
-    config = llama.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=4, n_kv_heads=2,
-        hidden_dim=64, max_seq_len=32,
-    )  # fmt: skip
-    base = tmp_path / "llama"
-    train.save_checkpoint(llama.Llama(config), tokenizer, base)
-    sft_out, rl_out = tmp_path / "sft", tmp_path / "rl"
+    """pretrain --llama writes a chapter 4 checkpoint (chapter 4's sample reads it); SFT (LoRA on
+    q/k/v/o_proj, merged) and RL each write one too."""
+    base, sft_out, rl_out = tmp_path / "llama", tmp_path / "sft", tmp_path / "rl"
+    assert cli.main(["pretrain", "--llama", "--out", str(base), "--steps", "2"]) == 0
     assert cli.main(["sft", "--checkpoint", str(base), "--out", str(sft_out), "--steps", "2"]) == 0
     before, after = (torch.load(f / "checkpoint.pt")["model"] for f in (base, sft_out))
-    assert before.keys() == after.keys()  # a plain Llama: the adapters merged
+    assert before.keys() == after.keys()  # a plain Llama: the adapters merged...
     q = "layers.0.self_attn.q_proj.weight"
     assert not torch.equal(before[q], after[q])  # ... into q_proj
     rl_args = ["rl", "--checkpoint", str(sft_out), "--out", str(rl_out), "--steps", "1"]
     assert cli.main([*rl_args, "--batch-size", "1", "--group-size", "2"]) == 0
     capsys.readouterr()
     sample = load("ch4.cli")
-    for folder in (sft_out, rl_out):
+    for folder in (base, sft_out, rl_out):
         args = ["sample", "--checkpoint", str(folder), "--max-new-tokens", "3", "--device", "cpu"]
         assert sample.main([*args, "--prompt", "<|user|>3+4<|end|><|assistant|>"]) == 0
         assert capsys.readouterr().out.startswith("<|user|>3+4")
