@@ -86,9 +86,9 @@ def test_rl_raises_the_held_out_reward(run):
     before = expected_reward(run.tuned, run.tokenizer, held_out)
     after = expected_reward(trained, run.tokenizer, held_out)
     print(f"held-out mean reward: after SFT {before:.3f}, after RL {after:.3f}")
-    check_at_least(
-        after,
-        before + RL_MARGIN,
+    check_at_least(  # the gain against a constant bar: the key's bar must not hang on the RNG
+        after - before,
+        RL_MARGIN,
         f"RL should raise the held-out mean reward by at least {RL_MARGIN} (from {before:.3f}), "
         f"got {after:.3f}: are the advantages' sign, the answer tokens scored and the loss's sign "
         f"right? Look at {RL_FILES}.",
