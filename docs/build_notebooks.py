@@ -701,11 +701,160 @@ print("scored tokens per answer:", (y != -1).sum(-1).tolist(), "loss:", round(lo
     ),
 ]
 
+CH6 = [
+    (
+        "markdown",
+        """\
+# Chapter 6: training at scale, cell by cell
+
+This notebook follows the chapter's sections ([6.1](6_1_overview.md) gives the map): joining a
+process group and a ring all-reduce ([6.2](6_2_collectives.md)), data parallelism by hand
+([6.3](6_3_ddp.md)) and ZeRO-1 ([6.4](6_4_zero.md)). Each distributed cell runs a function on
+several ranks with `grader.ranks.run_ranks`: one forked process per rank, joined in a gloo group
+on this CPU, whose return values come back here. A real run starts the same code with
+`torchrun --nproc_per_node N`. The grader checks all of it more thoroughly:
+`python -m grader ch6`.""",
+    ),
+    (
+        "code",
+        SETUP.format(
+            chapter="chapter06",
+            imports="""\
+dist = importlib.import_module("torch.distributed")
+run_ranks = importlib.import_module("grader.ranks").run_ranks  # a process per rank (project code)
+gpt = importlib.import_module(f"{TREE}.ch3.gpt")
+dist_utils = importlib.import_module(f"{TREE}.ch6.dist_utils")
+ddp = importlib.import_module(f"{TREE}.ch6.ddp")
+zero = importlib.import_module(f"{TREE}.ch6.zero")""",
+        ),
+    ),
+    (
+        "markdown",
+        """\
+## 6.2 Collectives
+
+`setup()` reads torchrun's variables (`run_ranks(..., init="env")` sets them, as torchrun
+would) and joins the group; `shard` splits work like `torch.tensor_split`; `ring_all_reduce`
+sums over the ranks with send and receive only, and must agree with `dist.all_reduce`.""",
+    ),
+    (
+        "code",
+        """\
+def joins(rank, world_size):
+    got = dist_utils.setup(timeout_s=10)
+    dist_utils.cleanup()
+    return got
+
+
+print(run_ranks(joins, 2, init="env"))
+print([dist_utils.shard(10, r, 3) for r in range(3)])
+
+
+def ring_vs_torch(rank, world_size):
+    x = torch.arange(7.0) * (rank + 1)  # 7 numbers on 3 ranks: chunks of 3, 2 and 2
+    expected = x.clone()
+    dist.all_reduce(expected)
+    return dist_utils.ring_all_reduce(x), expected
+
+
+for rank, (ours, theirs) in enumerate(run_ranks(ring_vs_torch, 3)):
+    print(f"rank {rank}: {ours.tolist()} equals dist.all_reduce: {torch.equal(ours, theirs)}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 6.3 Data parallelism by hand
+
+Two ranks start from different weights (on purpose), broadcast rank 0's, and take three steps
+on halves of a batch: the same losses and parameters as one process on the whole batch.""",
+    ),
+    (
+        "code",
+        """\
+config = gpt.GPTConfig(vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=False)
+x, y = torch.randint(0, 32, (4, 8)), torch.randint(0, 32, (4, 8))
+
+
+def data_parallel(rank, world_size):
+    torch.manual_seed(rank)  # a different model on every rank...
+    model = gpt.GPT(config)
+    ddp.broadcast_parameters(model)  # ...until rank 0's weights reach everyone
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mine = x.chunk(world_size)[rank], y.chunk(world_size)[rank]
+    losses = [ddp.train_step(model, optimizer, *mine) for _ in range(3)]
+    return losses, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# One process first: AdamW's first step imports torch._dynamo (seconds), which the ranks
+# forked afterwards then inherit instead of importing it each.
+torch.manual_seed(0)
+model = gpt.GPT(config)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+alone = []
+for _ in range(3):
+    _, loss = model(x, y)
+    alone.append(loss.item())
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+one = torch.cat([p.detach().flatten() for p in model.parameters()])
+(losses, params), _ = run_ranks(data_parallel, 2)
+print("2 ranks:  ", [round(v, 6) for v in losses])
+print("1 process:", [round(v, 6) for v in alone])
+print("largest parameter difference:", (params - one).abs().max().item())""",
+    ),
+    (
+        "code",
+        """\
+# Each rank its own part of each epoch; set_epoch gives every epoch its own order.
+for epoch in (0, 1):
+    parts = []
+    for rank in range(2):
+        sampler = ddp.ShardedSampler(10, rank, 2, seed=0)
+        sampler.set_epoch(epoch)
+        parts.append(list(sampler))
+    print(f"epoch {epoch}: rank 0 {parts[0]}, rank 1 {parts[1]}")""",
+    ),
+    (
+        "markdown",
+        """\
+## 6.4 ZeRO-1
+
+`ShardedAdamW` keeps AdamW's state for 1/N of the flattened parameters on each of N ranks,
+and still takes AdamW's step.""",
+    ),
+    (
+        "code",
+        """\
+def zero_step(rank, world_size):
+    model = gpt.GPT(config)  # run_ranks forks after torch.manual_seed below: same on all ranks
+    optimizer = zero.ShardedAdamW(model.parameters(), lr=1e-2)
+    mine = x.chunk(world_size)[rank], y.chunk(world_size)[rank]
+    model(*mine)[1].backward()
+    optimizer.step()
+    return optimizer.state_bytes(), torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+for world_size in (1, 2, 4):
+    torch.manual_seed(0)
+    results = run_ranks(zero_step, world_size)
+    print(f"{world_size} rank(s): state bytes per rank {[b for b, _ in results]}")
+torch.manual_seed(0)
+model = gpt.GPT(config)
+adamw = torch.optim.AdamW(model.parameters(), lr=1e-2)
+model(x, y)[1].backward()
+adamw.step()
+one = torch.cat([p.detach().flatten() for p in model.parameters()])
+print("4 ranks against AdamW, largest difference:", (results[0][1] - one).abs().max().item())""",
+    ),
+]
+
 NOTEBOOKS = {
     DOCS / "chapter02" / "chapter02.ipynb": CH2,
     DOCS / "chapter03" / "chapter03.ipynb": CH3,
     DOCS / "chapter04" / "chapter04.ipynb": CH4,
     DOCS / "chapter05" / "chapter05.ipynb": CH5,
+    DOCS / "chapter06" / "chapter06.ipynb": CH6,
 }
 
 

@@ -2,7 +2,8 @@
 
 Every figure is computed by the reference solutions (attention weights, positional encodings, the
 trainer's learning-rate schedule, a short real training run, BPE merges, RoPE, grouped-query heads,
-the KV cache, MoE routing, chapter 5's loss mask and fine-tuning curves), so a picture can never
+the KV cache, MoE routing, chapter 5's loss mask and fine-tuning curves, the ring all-reduce, DDP's
+and ZeRO's memory), so a picture can never
 disagree with the code it illustrates. Needs matplotlib (``pip install -e ".[docs]"``); writes
 PNGs to ``docs/figures/`` (or ``--out``). ``--only NAME ...`` draws some of them; the loss curve
 trains a small GPT for a few hundred steps (a minute or two on a laptop CPU).
@@ -394,6 +395,54 @@ def sft_loss_mask(out: Path) -> None:
         f"the SFT loss counts {int((y != -1).sum())} of {y.size(1)} positions (orange): each "
         "assistant's answer and its <|end|>; y is x shifted by one, -1 elsewhere"
     )
+
+
+def _traced_ring(rank: int, world_size: int) -> list[torch.Tensor]:
+    """On one rank: the tensor before every send of ring_all_reduce, and at the end."""
+    import torch.distributed as dist
+
+    from solutions.ch6.dist_utils import ring_all_reduce
+
+    x = torch.full((world_size,), float(2**rank))  # the value says which ranks a sum holds
+    states, send = [], dist.isend
+
+    def isend(tensor, dst, *args, **kwargs):
+        states.append(x.clone())
+        return send(tensor, dst, *args, **kwargs)
+
+    dist.isend = isend
+    try:
+        ring_all_reduce(x)
+    finally:
+        dist.isend = send
+    return [*states, x.clone()]
+
+
+def ring_all_reduce(out: Path) -> None:
+    """The chunks each rank holds before and after every step of the ring, on 3 ranks."""
+    from grader.ranks import run_ranks
+
+    n = 3
+    states = run_ranks(_traced_ring, n)  # [rank][moment] -> (n,) one entry per chunk
+    titles = ["start"] + [f"reduce-scatter\nstep {s}" for s in range(1, n)]
+    titles += [f"all-gather\nstep {s}" for s in range(1, n)]
+    fig, axes = plt.subplots(
+        1, len(titles), figsize=(2.6 * len(titles), 3.4), constrained_layout=True
+    )
+    for moment, (ax, title) in enumerate(zip(axes, titles, strict=True)):
+        grid = torch.stack([states[rank][moment] for rank in range(n)]).int()  # (rank, chunk)
+        holds = [[bin(int(v)).count("1") for v in row] for row in grid.tolist()]
+        ax.imshow(holds, cmap="Greens", vmin=0, vmax=n + 0.5)
+        for rank in range(n):
+            for chunk in range(n):
+                value = int(grid[rank, chunk])
+                ranks = "+".join(str(r) for r in range(n) if value >> r & 1)
+                color = "white" if holds[rank][chunk] == n else "black"
+                ax.text(chunk, rank, ranks, ha="center", va="center", fontsize=10, color=color)
+        ax.set_title(title)
+        ax.set_xticks(range(n), [f"chunk {c}" for c in range(n)], fontsize=8)
+        ax.set_yticks(range(n), [f"rank {r}" for r in range(n)] if moment == 0 else [""] * n)
+    fig.suptitle("ring_all_reduce on 3 ranks: whose numbers each chunk holds (dark: all of them)")
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -434,6 +483,57 @@ def fine_tuning_curves(out: Path) -> None:
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("reward (1 = the exact sum)")
     axes[1].legend(loc="lower right")
+
+
+def _zero_state_bytes(rank: int, world_size: int, vocab: int) -> int:
+    from grader.tasks import ch3 as task
+    from solutions.ch3.gpt import GPT, GPTConfig
+    from solutions.ch6.zero import ShardedAdamW
+
+    model = GPT(GPTConfig(vocab_size=vocab, block_size=task.BLOCK_SIZE, **task.MODEL))
+    return ShardedAdamW(model.parameters()).state_bytes()
+
+
+def ddp_vs_zero_memory(out: Path) -> None:
+    """Bytes per rank of parameters, gradients and AdamW state: DDP against ZeRO-1 on 2 and 4
+    ranks, for chapter 3's end-to-end GPT (ZeRO's state measured on the ranks)."""
+    from grader.ranks import run_ranks
+    from grader.tasks import ch3 as task
+    from solutions.ch3.gpt import GPT, GPTConfig
+
+    vocab = len(set(task.corpus_text()))
+    model = GPT(GPTConfig(vocab_size=vocab, block_size=task.BLOCK_SIZE, **task.MODEL))
+    adamw = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    adamw.step()
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    gradients = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+    state = sum(
+        t.numel() * t.element_size()
+        for s in adamw.state.values()
+        for name, t in s.items()
+        if name in ("exp_avg", "exp_avg_sq")
+    )
+    bars = {"DDP, any number of ranks": state}
+    for world_size in (2, 4):
+        bars[f"ZeRO-1, {world_size} ranks"] = run_ranks(_zero_state_bytes, world_size, vocab)[0]
+    fig, ax = plt.subplots(figsize=(9, 4.6), constrained_layout=True)
+    labels = list(bars)
+    kb = 1 / 1024
+    ax.barh(labels, [parameters * kb] * 3, color="tab:blue", label="parameters (fp32)")
+    ax.barh(labels, [gradients * kb] * 3, left=[parameters * kb] * 3, color="tab:orange",
+            label="gradients (fp32)")  # fmt: skip
+    ax.barh(labels, [b * kb for b in bars.values()], left=[(parameters + gradients) * kb] * 3,
+            color="tab:green", label="AdamW exp_avg + exp_avg_sq")  # fmt: skip
+    for i, b in enumerate(bars.values()):
+        total = (parameters + gradients + b) * kb
+        ax.text(total + 10, i, f"{total:,.0f} KiB (state {b * kb:,.0f})", va="center")
+    ax.invert_yaxis()
+    ax.set_xlim(0, (parameters + gradients + state) * kb * 1.45)
+    ax.set_xlabel("KiB per rank")
+    n = parameters // 4
+    ax.set_title(f"What each rank stores, chapter 3's e2e GPT ({n:,} parameters)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -450,6 +550,8 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "moe_routing": moe_routing,
     "sft_loss_mask": sft_loss_mask,
     "fine_tuning_curves": fine_tuning_curves,
+    "ring_all_reduce": ring_all_reduce,
+    "ddp_vs_zero_memory": ddp_vs_zero_memory,
 }
 
 

@@ -773,7 +773,114 @@ CH5 = Chapter(
     ),
 )
 
-CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3, CH4, CH5)}
+CH6 = Chapter(
+    name="ch6",
+    title="Training at scale",
+    stages=(
+        Stage(
+            name="collectives",
+            title="Joining a process group, and a ring all-reduce from send/recv",
+            tests="tests/ch6/test_collectives.py",
+            files=("ch6/dist_utils.py",),
+            doc="docs/chapter06/6_2_collectives.md",
+            hints=(
+                "setup: read RANK, WORLD_SIZE and LOCAL_RANK from os.environ (raise a RuntimeError "
+                "naming any of the five torchrun variables that is missing), pick nccl when "
+                "torch.cuda.is_available() else gloo, and call dist.init_process_group(backend, "
+                "rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)).",
+                Hint(
+                    "shard: base, extra = divmod(n, world_size); start = rank * base + min(rank, "
+                    "extra); the block is one longer when rank < extra.",
+                    tests=("test_shard_splits_like_tensor_split",),
+                ),
+                Hint(
+                    "ring_all_reduce: cut tensor.view(-1) into chunks with shard. Reduce-scatter: "
+                    "for step in range(N - 1) isend chunk (rank - step) % N to the right, recv "
+                    "chunk (rank - step - 1) % N from the left into a buffer and add it. "
+                    "All-gather: isend chunk (rank + 1 - step) % N, recv chunk (rank - step) % N "
+                    "straight into place. Wait for each isend after its recv.",
+                    tests=(
+                        "test_ring_all_reduce_on_two_ranks",
+                        "test_ring_all_reduce_on_three_ranks",
+                    ),
+                ),
+            ),
+            test_timeout=60.0,  # above the rule: a hang must meet run_ranks' 20 s limit first
+            forbidden=("torch.distributed.all_reduce",),
+        ),
+        Stage(
+            name="ddp",
+            title="Data parallelism by hand: broadcast, bucketed gradient averaging, sampler",
+            tests="tests/ch6/test_ddp.py",
+            files=("ch6/ddp.py",),
+            doc="docs/chapter06/6_3_ddp.md",
+            hints=(
+                Hint(
+                    "broadcast_parameters: under torch.no_grad(), dist.broadcast(t, src) for every "
+                    "t in model.parameters() and then model.buffers(); it writes in place.",
+                    tests=("test_broadcast_parameters_synchronises_the_initial_model",),
+                ),
+                Hint(
+                    "all_reduce_gradients, per bucket: torch.cat the flattened grads (zeros for a "
+                    "None grad) and one 0/1 flag per parameter, dist.all_reduce once, divide the "
+                    "gradient part by dist.get_world_size(), copy each slice back with "
+                    ".view_as(p); leave grad None where the flag summed to 0.",
+                    tests=(
+                        "test_all_reduce_gradients_averages_in_buckets",
+                        "test_a_parameter_used_on_one_rank_only",
+                    ),
+                ),
+                Hint(
+                    "train_step: _, loss = model(x, y); loss.backward(); all_reduce_gradients; "
+                    "optimizer.step(); optimizer.zero_grad(); then all_reduce a copy of the loss "
+                    "and divide by the world size.",
+                    tests=("test_training_on_halves_equals_one_process_and_ddp",),
+                ),
+                Hint(
+                    "ShardedSampler: num_samples = n // world_size with drop_last, else ceil(n / "
+                    "world_size); the order is torch.randperm(n, generator seeded with seed + "
+                    "epoch), padded with its own head to num_samples * world_size (or cut), and "
+                    "rank r takes order[r::world_size]; __iter__ counts self.position as it "
+                    "yields.",
+                    tests=(
+                        "test_sampler_gives_distributed_samplers_indices",
+                        "test_set_epoch_changes_the_order",
+                        "test_sampler_resumes_mid_epoch",
+                    ),
+                ),
+            ),
+            test_timeout=60.0,  # above the rule: a hang must meet run_ranks' 20 s limit first
+        ),
+        Stage(
+            name="zero",
+            title="ZeRO-1: AdamW with its state sharded over the ranks",
+            tests="tests/ch6/test_zero.py",
+            files=("ch6/zero.py",),
+            doc="docs/chapter06/6_4_zero.md",
+            hints=(
+                "__init__: shard_size = ceil(numel / world_size); exp_avg and exp_avg_sq are "
+                "fp32 zeros of shard_size numbers each (this rank's shard only).",
+                Hint(
+                    "step: grads = self._flat(grads, zeros for None); dist.reduce_scatter(shard "
+                    "buffer, list(grads.chunk(world_size))) and divide by world_size; update "
+                    "flat params[rank * shard_size : (rank + 1) * shard_size] with AdamW; "
+                    "dist.all_gather(list(flat.chunk(world_size)), shard) and copy flat back "
+                    "into the parameters.",
+                    tests=(
+                        "test_one_rank_equals_adamw",
+                        "test_two_ranks_equal_adamw_on_the_whole_batch",
+                        "test_two_ranks_equal_zero_redundancy_optimizer_with_half_the_state",
+                    ),
+                ),
+                "AdamW at step t: p -= lr * weight_decay * p; m = b1 m + (1 - b1) g; v = b2 v + "
+                "(1 - b2) g^2; p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).",
+            ),
+            test_timeout=60.0,  # above the rule: a hang must meet run_ranks' 20 s limit first
+        ),
+    ),
+)
+
+CHAPTERS: dict[str, Chapter] = {chapter.name: chapter for chapter in (CH2, CH3, CH4, CH5, CH6)}
 
 
 def stage_of_file(path: str) -> Stage | None:

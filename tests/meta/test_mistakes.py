@@ -33,6 +33,9 @@ class Broken:
     file: str  # tree-relative
     edits: tuple[tuple[str, str, int], ...]
     words: str  # what the stage's message must say
+    # The first failure's exception: a check's, or a rank's (grader/ranks.py) for a collective
+    # that only some ranks make, which fails or hangs instead of computing a wrong value.
+    failure: str = "LearnerFailure"
 
 
 # filter_logits's top-k block, moved after its top-p block by one broken copy
@@ -486,6 +489,151 @@ BROKEN = (
         (("torch.minimum(ratio * A, clipped * A)", "ratio * A", 1),),
         "came out as the loss without clipping",
     ),
+    Broken(
+        "ring_gather_from_own_chunk",
+        "ch6.collectives",
+        "ch6/dist_utils.py",
+        (
+            (
+                "send, recv = (rank + 1 - step) % world_size, (rank - step) % world_size",
+                "send, recv = (rank - step) % world_size, (rank - step - 1) % world_size",
+                1,
+            ),
+        ),
+        "came out as an all-gather that starts from chunk rank",
+    ),
+    Broken(
+        "ring_last_step_on_one_rank_only",
+        "ch6.collectives",
+        "ch6/dist_utils.py",
+        (
+            (
+                "for step in range(world_size - 1):  # all-gather",
+                "for step in range(world_size - 1 if rank == 0 else world_size - 2):  # all-gather",
+                1,
+            ),
+        ),
+        "called on one rank only",
+        failure="RankTimeout",
+    ),
+    Broken(
+        "setup_without_timeout",
+        "ch6.collectives",
+        "ch6/dist_utils.py",
+        (
+            (
+                "world_size=world_size, timeout=timedelta(seconds=timeout_s)",
+                "world_size=world_size",
+                1,
+            ),
+        ),
+        "pass timeout=timedelta(seconds=timeout_s) to dist.init_process_group",
+    ),
+    Broken(
+        "shard_remainder_to_last_rank",
+        "ch6.collectives",
+        "ch6/dist_utils.py",
+        (
+            (
+                "start = rank * base + min(rank, extra)\n"
+                "    return start, start + base + (1 if rank < extra else 0)",
+                "start = rank * base\n"
+                "    return start, (start + base if rank < world_size - 1 else n) + 0 * extra",
+                1,
+            ),
+        ),
+        "came out as blocks that give the whole remainder to the last rank",
+    ),
+    Broken(
+        "ddp_no_broadcast",
+        "ch6.ddp",
+        "ch6/ddp.py",
+        (("            dist.broadcast(tensor, src)", "            pass", 1),),
+        "came out as rank 1's own initial parameters (an unsynchronised initial model)",
+    ),
+    Broken(
+        "ddp_buffers_not_broadcast",
+        "ch6.ddp",
+        "ch6/ddp.py",
+        (("[*model.parameters(), *model.buffers()]", "model.parameters()", 1),),
+        "came out as rank 1's own buffers",
+    ),
+    Broken(
+        "ddp_summed_gradients",
+        "ch6.ddp",
+        "ch6/ddp.py",
+        ((".view_as(p) / world_size", ".view_as(p)", 1),),
+        "came out as the sum over the ranks, not the average",
+    ),
+    Broken(
+        "ddp_skips_buckets_without_gradients",
+        "ch6.ddp",
+        "ch6/ddp.py",
+        (
+            (
+                "        grads = [\n",
+                "        if all(p.grad is None for p in bucket):\n"
+                "            continue  # nothing to send? its peers still wait for it\n"
+                "        grads = [\n",
+                1,
+            ),
+        ),
+        "called on one rank only",
+        failure="RankFailed",
+    ),
+    Broken(
+        "sampler_without_set_epoch",
+        "ch6.ddp",
+        "ch6/ddp.py",
+        (("        self.epoch = epoch\n", "", 1),),
+        "came out as epoch 0's order again (a sampler without set_epoch)",
+    ),
+    Broken(
+        "zero_gradients_not_averaged",
+        "ch6.zero",
+        "ch6/zero.py",
+        (("        grad /= self.world_size\n", "", 1),),
+        "came out as the update of the gradients summed over the ranks, not averaged",
+    ),
+    Broken(
+        "zero_without_all_gather",
+        "ch6.zero",
+        "ch6/zero.py",
+        (
+            (
+                "dist.all_gather(list(flat.chunk(self.world_size)), shard)",
+                "flat[start : start + self.shard_size] = shard",
+                1,
+            ),
+        ),
+        "came out as parameters where only this rank's shard moved",
+    ),
+    Broken(
+        "zero_state_for_every_parameter",
+        "ch6.zero",
+        "ch6/zero.py",
+        (
+            ("torch.zeros(self.shard_size, dtype", "torch.zeros(self.numel, dtype", 2),
+            (
+                "grad = torch.empty(self.shard_size, dtype=torch.float32, device=grads.device)\n"
+                "        dist.reduce_scatter(grad, list(grads.chunk(self.world_size)))",
+                "grad = grads[: self.numel]\n        dist.all_reduce(grad)",
+                1,
+            ),
+            (
+                "start = self.rank * self.shard_size\n"
+                "        shard = flat[start : start + self.shard_size].clone()",
+                "shard = flat[: self.numel].clone()",
+                1,
+            ),
+            (
+                "dist.all_gather(list(flat.chunk(self.world_size)), shard)",
+                "flat[: self.numel] = shard",
+                1,
+            ),
+        ),
+        "came out as the state of every parameter",
+    ),
 )
 
 
@@ -546,7 +694,7 @@ def graded(tmp_path_factory) -> dict[str, dict | None]:
 def test_broken_copy_fails_its_stage_naming_the_mistake(graded, broken):
     failure = graded[broken.name]
     assert failure is not None, f"{broken.name} passes every test of {broken.stage}"
-    assert failure["type"] == "LearnerFailure", f"{broken.name}: {failure}"
+    assert failure["type"] == broken.failure, f"{broken.name}: {failure}"
     assert broken.words in failure["message"], f"{broken.name}: {failure['message']}"
     assert "\n" not in failure["message"], failure["message"]
 
