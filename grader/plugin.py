@@ -323,7 +323,7 @@ class GraderPlugin:
             "event": "test",
             "nodeid": nodeid,
             "name": item.name if item is not None else nodeid.rsplit("::", 1)[-1],
-            "doc": _first_line(doc),
+            "doc": _first_line(" ".join(doc.strip().split("\n\n")[0].split())),  # a sentence
             "outcome": outcome,
             "status": PASSED,
             "message": "",
