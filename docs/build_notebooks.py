@@ -221,7 +221,7 @@ print(tuple(logits.shape), "step-by-step == teacher forcing:", agree)""",
         """\
 ## 2.5 Training on digits to words
 
-A short run of the e2e stage's training loop (`grader/tasks/ch2.py`). The grader trains for 1,200
+A short run of the e2e stage's training loop (`grader/tasks/ch2.py`). The grader trains for 500
 steps and asks for 90% exact match on held-out numbers; 200 steps already show the idea.""",
     ),
     (

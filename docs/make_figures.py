@@ -2,8 +2,8 @@
 
 Every figure is computed by the reference solutions (attention weights, positional encodings, the
 trainer's learning-rate schedule, a short real training run, BPE merges, RoPE, grouped-query heads,
-the KV cache, MoE routing, the ring all-reduce, DDP's and ZeRO's memory, tensor-parallel
-shards, FSDP's memory), so a picture can never
+the KV cache, MoE routing, chapter 5's loss mask and fine-tuning curves, the ring all-reduce, DDP's
+and ZeRO's memory, tensor-parallel shards, FSDP's memory), so a picture can never
 disagree with the code it illustrates. Needs matplotlib (``pip install -e ".[docs]"``); writes
 PNGs to ``docs/figures/`` (or ``--out``). ``--only NAME ...`` draws some of them; the loss curve
 trains a small GPT for a few hundred steps (a minute or two on a laptop CPU).
@@ -355,6 +355,48 @@ def moe_routing(out: Path) -> None:
     plt.close(fig)
 
 
+def sft_loss_mask(out: Path) -> None:
+    """Which tokens of a chat example the SFT loss counts: the input ids and the shifted labels."""
+    from solutions.ch5.sft import build_example, chat_tokenizer, collate
+
+    tok = chat_tokenizer()
+    chat = [
+        {"role": "system", "content": "You add numbers."},
+        {"role": "user", "content": "3+4"},
+        {"role": "assistant", "content": "7"},
+        {"role": "user", "content": "12+5"},
+        {"role": "assistant", "content": "17"},
+    ]
+    ids, labels = build_example(tok, chat)
+    x, y = collate([(ids, labels)], pad_id=tok.special_tokens["<|end|>"])
+    names = {i: t for t, i in tok.special_tokens.items()}
+
+    def show(i: int) -> str:
+        return names.get(i) or tok.decode([i]).replace(" ", "\u2423")
+
+    fig, ax = plt.subplots(figsize=(15, 2.6), constrained_layout=True)
+    for row, (title, tokens, counted) in enumerate(
+        (
+            ("input x", x[0].tolist(), [True] * x.size(1)),
+            ("label y", y[0].tolist(), [t != -1 for t in y[0].tolist()]),
+        )
+    ):
+        for t, (token, on) in enumerate(zip(tokens, counted, strict=True)):
+            colour = "tab:orange" if row and on else ("white" if row else "#e8eef7")
+            ax.add_patch(plt.Rectangle((t, -row), 0.95, 0.9, color=colour, ec="gray", lw=0.5))
+            text = show(token) if token != -1 else "-1"
+            ax.text(t + 0.47, -row + 0.45, text, ha="center", va="center", fontsize=7,
+                    rotation=90 if len(text) > 2 else 0)  # fmt: skip
+        ax.text(-0.3, -row + 0.45, title, ha="right", va="center")
+    ax.set_xlim(-2.2, x.size(1))
+    ax.set_ylim(-1.1, 1.0)
+    ax.axis("off")
+    ax.set_title(
+        f"the SFT loss counts {int((y != -1).sum())} of {y.size(1)} positions (orange): each "
+        "assistant's answer and its <|end|>; y is x shifted by one, -1 elsewhere"
+    )
+
+
 def _traced_ring(rank: int, world_size: int) -> list[torch.Tensor]:
     """On one rank: the tensor before every send of ring_all_reduce, and at the end."""
     import torch.distributed as dist
@@ -403,6 +445,44 @@ def ring_all_reduce(out: Path) -> None:
     fig.suptitle("ring_all_reduce on 3 ranks: whose numbers each chunk holds (dark: all of them)")
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def fine_tuning_curves(out: Path) -> None:
+    """The e2e recipe for seed 0: DPO's reward margin and RL's mean reward, step by step."""
+    import copy
+
+    from grader.tasks import ch5 as recipe
+    from grader.tree import load
+
+    dpo, lora, train = load("ch5.dpo"), load("ch5.lora"), load("ch5.train")  # the recipe's tree
+    torch.set_num_threads(1)
+    records = recipe.data()
+    base, tokenizer = recipe.pretrain(seed=0)
+    tuned = recipe.fine_tune(base, tokenizer, records["sft"][0], seed=0)
+    policy = copy.deepcopy(tuned)
+    lora.merge_lora(policy)
+    reference = dpo.frozen_reference(policy)
+    rl_policy = copy.deepcopy(policy)
+    train.add_adapters(policy, **recipe.LORA)
+    margins = train.train_dpo(policy, reference, tokenizer, records["dpo"][0], **recipe.DPO)
+    train.only_final_gain_trainable(rl_policy)
+    rewards = train.train_rl(rl_policy, tokenizer, records["rl"][0], **recipe.RL)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    axes[0].plot(margins, color="tab:blue")
+    axes[0].axhline(0, color="gray", lw=0.8)
+    axes[0].set_title("DPO: chosen minus rejected implicit reward (batch mean)")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel(f"margin (beta = {recipe.DPO['beta']})")
+    axes[1].plot(rewards, color="tab:orange", alpha=0.5, label="each step (8 prompts x 8 samples)")
+    k = 8
+    smooth = [sum(rewards[max(0, i - k + 1) : i + 1]) / len(rewards[max(0, i - k + 1) : i + 1])
+              for i in range(len(rewards))]  # fmt: skip
+    axes[1].plot(smooth, color="tab:red", label=f"mean of the last {k} steps")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("RL: mean reward of the sampled answers (fine-tuning questions)")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("reward (1 = the exact sum)")
+    axes[1].legend(loc="lower right")
 
 
 def _zero_state_bytes(rank: int, world_size: int, vocab: int) -> int:
@@ -577,6 +657,8 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "gqa_heads": gqa_heads,
     "kv_cache": kv_cache,
     "moe_routing": moe_routing,
+    "sft_loss_mask": sft_loss_mask,
+    "fine_tuning_curves": fine_tuning_curves,
     "ring_all_reduce": ring_all_reduce,
     "ddp_vs_zero_memory": ddp_vs_zero_memory,
     "tensor_parallel_mlp": tensor_parallel_mlp,

@@ -745,7 +745,7 @@ CH5 = Chapter(
         ),
         Stage(
             name="e2e",
-            title="Fine-tune a model you pretrained: SFT with LoRA, then DPO",
+            title="Fine-tune a model you pretrained: SFT with LoRA, DPO, then RL",
             tests="tests/ch5/test_e2e.py",
             files=(
                 "ch3/gpt.py",
@@ -753,12 +753,16 @@ CH5 = Chapter(
                 "ch5/lora.py",
                 "ch5/sft.py",
                 "ch5/dpo.py",
+                "ch5/rl.py",
             ),
             doc="docs/chapter05/5_6_e2e.md",
             hints=(
                 "Every earlier stage passes but SFT does not raise the accuracy? Check that the "
                 "assistant's <|end|> is labelled (greedy answers are read up to it) and that "
                 "collate shifts the labels exactly once.",
+                "RL does not raise the held-out reward? The rl stage's tests check each piece; "
+                "check that the advantages reach grpo_loss with their sign (a right answer's is "
+                "positive) and that token_logprobs is 0 only where y is -1.",
                 "The recipe is the project's (grader/tasks/ch5.py): run python -m grader.tasks.ch5 "
                 "with LLMFS_TREE=exercises to print your numbers for a seed.",
             ),

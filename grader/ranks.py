@@ -71,6 +71,11 @@ class RankFailed(Exception):
         self.info = {**info, "message": f"rank {rank}: {info['message']}"}
         super().__init__(self.info["message"])
 
+    @property
+    def grader_reading(self) -> dict[str, Any]:
+        """What grader/plugin.py's ``classify`` reports for this exception (its ``READING``)."""
+        return self.info
+
 
 class RankTimeout(RankFailed):
     """Some rank was still running after the time limit (see :func:`run_ranks`)."""

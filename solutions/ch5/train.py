@@ -106,17 +106,23 @@ def read_jsonl(path: str | Path, kind: str) -> list[Record]:
 
 
 def pretrain(
-    steps: int = 400, batch_size: int = 32, lr: float = 3e-3, seed: int = 0, **model: int
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    model: nn.Module | None = None,
+    **shape: int,
 ) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)``: a GPT trained on lines ``a+b=c<|end|>`` with the chat tokenizer
-    (AdamW, constant learning rate). It knows the sums and the end token, not the chat format."""
+    """``(model, tokenizer)``: a GPT of ``shape`` trained on lines ``a+b=c<|end|>`` with the
+    chat tokenizer (AdamW, constant learning rate). It knows the sums and the end token, not the
+    chat format. A ``model`` given (a chapter 4 Llama, say, whose vocabulary is the chat
+    tokenizer's) is trained instead."""
     tokenizer = sft.chat_tokenizer()
     lines = [f"{a}+{b}={a + b}{sft.END}" for a in range(DIGITS) for b in range(DIGITS)]
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, **model)
-    gpt = GPT(config)
+    gpt = model if model is not None else GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **shape))
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=lr, weight_decay=0.0)
-    width = config.block_size + 1
+    width = context_length(gpt) + 1
     gpt.train()
     for step in range(steps):
         rng = random.Random(seed * 100_003 + step)
@@ -156,6 +162,20 @@ def accuracy(model: nn.Module, tokenizer, rows: list[Record]) -> float:
     return sum(g == r["answer"] for g, r in zip(got, rows, strict=True)) / len(rows)
 
 
+def expected_reward(model: nn.Module, tokenizer, rows: list[Record]) -> float:
+    """The mean reward of answers sampled at temperature 1, computed exactly instead of sampled:
+    per RL record, the probability that the model writes ``answer`` then ``<|end|>`` (the
+    chat tokenizer gives each answer one tokenization, so this is the probability of reward 1).
+    No sampling noise: a small change in the policy shows as a change of this number."""
+    examples = [
+        sft.build_example(tokenizer, r["prompt"] + [{"role": "assistant", "content": r["answer"]}])
+        for r in rows
+    ]
+    x, y = sft.collate(examples, pad_id=tokenizer.special_tokens[sft.END])
+    with torch.no_grad():
+        return float(dpo.sequence_logprobs(model, x, y).exp().mean())
+
+
 def preference_batches(tokenizer, rows: list[Record]):
     """``((x_chosen, y_chosen), (x_rejected, y_rejected))`` for DPO records."""
     pad = tokenizer.special_tokens[sft.END]
@@ -189,6 +209,13 @@ def preference_accuracy(
 # ------------------------------------------------------------------------------------ loops
 
 
+def context_length(model: nn.Module) -> int:
+    """The longest input of a chapter 3 GPT (``config.block_size``) or chapter 4 Llama
+    (``config.max_seq_len``)."""
+    config = model.config
+    return int(getattr(config, "block_size", None) or config.max_seq_len)
+
+
 def add_adapters(
     model: nn.Module, r: int, alpha: float, targets: Iterable[str]
 ) -> list[nn.Parameter]:
@@ -196,6 +223,25 @@ def add_adapters(
     lora.apply_lora(model, r=r, alpha=alpha, targets=tuple(targets))
     lora.mark_only_lora_trainable(model)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+FINAL_NORMS = ("transformer.ln_f", "norm")  # chapter 3's GPT, chapter 4's Llama
+
+
+def only_final_gain_trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Freeze ``model`` except the gain (``weight``) of its final norm, the one before
+    ``lm_head``: ``[that gain]``. It scales each feature that the logits are read from, a
+    learned temperature per feature: few numbers that a noisy reward can steer, and a change
+    that holds for every prompt, not only for those trained on."""
+    modules = dict(model.named_modules())
+    found = [modules[n] for n in FINAL_NORMS if n in modules]
+    if not found:
+        raise ValueError(f"the model has no final norm named one of {list(FINAL_NORMS)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gain = found[0].weight
+    gain.requires_grad_(True)
+    return [gain]
 
 
 def train_sft(
@@ -216,7 +262,7 @@ def train_sft(
     losses = []
     for step in range(steps):
         rng = random.Random(seed * 100_003 + step)
-        block = model.config.block_size
+        block = context_length(model)
         x, y = sft.collate(
             [rng.choice(examples) for _ in range(batch_size)], pad_id=pad, block_size=block
         )
@@ -330,8 +376,9 @@ def train_rl(
 def save_checkpoint(
     model: nn.Module, tokenizer, path: str | Path, history: dict | None = None
 ) -> Path:
-    """Write ``model`` (plain: merge its adapters first) and ``tokenizer`` as a chapter 3
-    checkpoint folder, which ``python -m solutions.ch3 sample --checkpoint`` reads."""
+    """Write ``model`` (plain: merge its adapters first) and ``tokenizer`` as a checkpoint folder
+    in chapter 3's format, with the model's config: a GPT's is read by ``python -m solutions.ch3
+    sample --checkpoint``, a Llama's by ``python -m solutions.ch4 sample --checkpoint``."""
     path = Path(path)
     file = path / "checkpoint.pt" if path.suffix != ".pt" else path
     file.parent.mkdir(parents=True, exist_ok=True)

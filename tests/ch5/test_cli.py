@@ -1,5 +1,6 @@
 """The ch5 command line (project tests, not a graded stage): pretrain, then SFT, DPO and RL each
-write a chapter 3 checkpoint that chapter 3's sample command reads; bad input is one line."""
+write a chapter 3 checkpoint that chapter 3's sample command reads; a chapter 4 Llama checkpoint
+gives a chapter 4 one that chapter 4's sample reads; bad input is one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from grader.tree import REPO_ROOT, load
 
@@ -36,6 +38,26 @@ def test_sft_dpo_rl_write_checkpoints_that_sample_reads(base, tmp_path, capsys):
     sample = load("ch3.cli")
     for name in ("sft", "dpo", "rl"):
         args = ["sample", "--checkpoint", str(tmp_path / name), "--max-new-tokens", "3"]
+        assert sample.main([*args, "--prompt", "<|user|>3+4<|end|><|assistant|>"]) == 0
+        assert capsys.readouterr().out.startswith("<|user|>3+4")
+
+
+def test_a_chapter_4_checkpoint_gives_one_that_chapter_4_sample_reads(tmp_path, capsys):
+    """pretrain --llama writes a chapter 4 checkpoint (chapter 4's sample reads it); SFT (LoRA on
+    q/k/v/o_proj, merged) and RL each write one too."""
+    base, sft_out, rl_out = tmp_path / "llama", tmp_path / "sft", tmp_path / "rl"
+    assert cli.main(["pretrain", "--llama", "--out", str(base), "--steps", "2"]) == 0
+    assert cli.main(["sft", "--checkpoint", str(base), "--out", str(sft_out), "--steps", "2"]) == 0
+    before, after = (torch.load(f / "checkpoint.pt")["model"] for f in (base, sft_out))
+    assert before.keys() == after.keys()  # a plain Llama: the adapters merged...
+    q = "layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[q], after[q])  # ... into q_proj
+    rl_args = ["rl", "--checkpoint", str(sft_out), "--out", str(rl_out), "--steps", "1"]
+    assert cli.main([*rl_args, "--batch-size", "1", "--group-size", "2"]) == 0
+    capsys.readouterr()
+    sample = load("ch4.cli")
+    for folder in (base, sft_out, rl_out):
+        args = ["sample", "--checkpoint", str(folder), "--max-new-tokens", "3", "--device", "cpu"]
         assert sample.main([*args, "--prompt", "<|user|>3+4<|end|><|assistant|>"]) == 0
         assert capsys.readouterr().out.startswith("<|user|>3+4")
 

@@ -325,6 +325,52 @@ def _chapter4_settings(baseline: float) -> dict[str, list[tuple[str | None, str 
     }
 
 
+def _chapter5_settings() -> dict[str, list[tuple[str | None, str | None, str]]]:
+    """What 5.5 and 5.6 say about the e2e recipe and its bars, from the task and the test."""
+    from grader.tasks import ch5 as task
+
+    rl, dpo = task.RL, task.DPO
+    return {
+        "docs/chapter05/5_6_e2e.md": [
+            ("tests/ch5/test_e2e.py", "RL_MARGIN = 0.04", "raise it by at least 0.04"),
+            ("tests/ch5/test_e2e.py", "SFT_MARGIN = 0.5", "rise by at least 0.5"),
+            ("tests/ch5/test_e2e.py", "PREFERENCE_BAR = 0.7", "must reach 70%"),
+            (None, None, f"pretrained for {task.PRETRAIN['steps']} steps"),
+            (None, None, f"rank-{task.LORA['r']} adapters"),
+            (None, None, f"for {task.SFT['steps']} steps on the 70"),
+            (None, None, f"($\\beta = {dpo['beta']}$, {dpo['steps']} steps)"),
+            (None, None, f"{rl['steps']} steps, each sampling {rl['group_size']} answers"),
+            (None, None, f"to each of {rl['prompts_per_step']} questions"),
+            (None, None, f"(learning rate {rl['lr']}, no KL penalty)"),
+        ],
+        "docs/chapter05/5_4_dpo.md": [
+            (None, None, f"$\\beta = {dpo['beta']}$, {dpo['steps']} steps of {dpo['batch_size']}"),
+        ],
+    }
+
+
+def test_chapter5_table_meets_the_bars_it_quotes():
+    """5.6's table (what ``python -m grader.tasks.ch5 0 1 2`` printed) clears the e2e test's bars
+    on every seed, and the test's comment quotes the same RL gains. Running the task here would
+    cost two minutes; the e2e stage itself checks seed 0 against the bars."""
+    from tests.ch5 import test_e2e as e2e
+
+    text = _source("docs/chapter05/5_6_e2e.md")
+    row = re.compile(
+        r"^\| (\d) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) → ([\d.]+) \|$", re.M
+    )
+    rows = {int(m[1]): [float(v) for v in m.groups()[1:]] for m in row.finditer(text)}
+    assert sorted(rows) == [0, 1, 2], f"5.6's table should have seeds 0, 1, 2: {sorted(rows)}"
+    gains = []
+    for seed, (base, tuned, preference, before, after) in rows.items():
+        assert tuned >= base + e2e.SFT_MARGIN, f"5.6, seed {seed}: SFT below its bar"
+        assert preference >= e2e.PREFERENCE_BAR, f"5.6, seed {seed}: DPO below its bar"
+        assert after >= before + e2e.RL_MARGIN, f"5.6, seed {seed}: RL below its bar"
+        gains.append(f"{after - before:+.2f}")
+    comment = _source("tests/ch5/test_e2e.py").split("RL_MARGIN = ", 1)[1].split("\n", 1)[0]
+    assert ", ".join(gains) in comment, f"test_e2e.py's RL_MARGIN comment should quote {gains}"
+
+
 def _source(relative: str) -> str:
     return (REPO_ROOT / relative).read_text(encoding="utf-8")
 
@@ -404,6 +450,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
         ],
     }
     pairs |= _chapter4_settings(baseline)
+    pairs |= _chapter5_settings()
     assert train["learning_rate"] == 1e-2, "3.8 quotes the e2e stage's peak learning rate 10^-2"
     for doc, checks in pairs.items():
         text = " ".join(_source(doc).split())  # line breaks in the prose do not matter
