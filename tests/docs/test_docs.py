@@ -325,6 +325,14 @@ def _chapter4_settings(baseline: float) -> dict[str, list[tuple[str | None, str 
     }
 
 
+def _power_of_ten(x: float) -> str:
+    """``3e-3`` as the docs write it: ``3 \\cdot 10^{-3}`` (``10^{-3}`` for ``1e-3``)."""
+    mantissa, exponent = f"{x:e}".split("e")
+    digits = f"{float(mantissa):g}"
+    power = f"10^{{{int(exponent)}}}"
+    return power if digits == "1" else f"{digits} \\cdot {power}"
+
+
 def _chapter5_settings() -> dict[str, list[tuple[str | None, str | None, str]]]:
     """What 5.5 and 5.6 say about the e2e recipe and its bars, from the task and the test."""
     from grader.tasks import ch5 as task
@@ -413,7 +421,7 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
             (None, None, f"{e2e2.n_layers} layers, $d_\\text{{ff}} = {e2e2.d_ff}$"),
             (None, None, f"batch of {e2e2.batch_size} numbers"),
             (None, None, f"first {e2e2.warmup_steps} steps"),
-            (None, None, f"learning rate of $10^{{{round(math.log10(e2e2.lr))}}}$"),
+            (None, None, f"learning rate of ${_power_of_ten(e2e2.lr)}$"),
             (None, None, f"from 0 to {task.MAX_NUMBER:,}"),
             (None, None, f"`task.train` for {e2e2.steps:,} steps"),
         ],
