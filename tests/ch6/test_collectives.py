@@ -30,10 +30,10 @@ CLEANUP = "ch6/dist_utils.py, cleanup"
 SHARD = "ch6/dist_utils.py, shard"
 RING = "ch6/dist_utils.py, ring_all_reduce"
 RANK_LIMIT = 20.0  # seconds a rank may take here (run_ranks); the stage's test_timeout is 60
-RING_LIMIT = 10.0  # the ring tests take 0.3 s: a ring that hangs is reported after 10
+RING_LIMIT = 6.0  # the ring tests take 0.3 s: a ring that hangs is reported after 6
 LENGTHS = (1, 2, 5, 7, 64, 1001)  # 1 and 2 leave a rank an empty chunk on 3 ranks
 PEER_TIMEOUT = 2.0  # setup(timeout_s=...) in the lost-peer test
-PATIENCE = 10.0  # seconds the lost peer waits before giving up
+PATIENCE = 6.5  # seconds the lost peer waits before giving up: just above the bar, 2 + 4 s
 COLLECTIVES = (
     "all_reduce",
     "all_gather",

@@ -15,11 +15,14 @@ TEXT = README.read_text(encoding="utf-8")
 
 
 def test_readme_python_runs():
-    """Every ```python block of the README runs, in order, in one namespace."""
+    """Every ```python block of the README runs, in order, in one namespace (the quick start's
+    training cut from 200 steps to 20: what is tested is that the code runs, 18 s -> 2 s)."""
     blocks = re.findall(r"```python\n(.*?)```", TEXT, re.S)
     assert blocks, "the README should show the quick start in a ```python block"
+    assert sum(block.count("max_steps=200") for block in blocks) == 1, "update the cut below"
     namespace: dict = {}
     for block in blocks:
+        block = block.replace("max_steps=200", "max_steps=20")
         exec(compile(block, str(README), "exec"), namespace)
 
 
