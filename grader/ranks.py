@@ -55,7 +55,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .statuses import CRASHED, TIMED_OUT
+from .statuses import CRASHED, FAILED, TIMED_OUT
 from .tree import REPO_ROOT
 
 RANK_TIMEOUT = 30.0  # seconds a rank may run in one call: a lost peer fails in seconds, not never
@@ -180,8 +180,11 @@ def _rank_main(
         torch.save(outcome, Path(folder, f"rank{rank}.pt"))
     except Exception as exc:  # noqa: BLE001 -- an unpicklable return value is the caller's bug
         message = f"could not send its result back ({type(exc).__name__}: {exc})"
-        error = {"status": "failed", "message": message, "where": None, "exception": "TypeError"}
-        torch.save({"error": error, "time": time.time()}, Path(folder, f"rank{rank}.pt"))
+        error = {"status": FAILED, "message": message, "where": None, "exception": "TypeError"}
+        outcome = {"error": error, "time": time.time()}
+        torch.save(outcome, Path(folder, f"rank{rank}.pt"))
+    if "error" in outcome:
+        Path(folder, f"failed{rank}").touch()  # read by the caller while the others still run
     sys.stdout.flush()
     sys.stderr.flush()
     _exit_now()
@@ -233,7 +236,7 @@ def _reading(exc: BaseException) -> dict[str, Any]:
         return classify(exc, _Places(tree_path()))
     except Exception:  # noqa: BLE001 -- pytest missing (a notebook): a plain reading
         kind = type(exc).__name__
-        return {"status": "failed", "message": f"{kind}: {exc}", "where": None, "exception": kind}
+        return {"status": FAILED, "message": f"{kind}: {exc}", "where": None, "exception": kind}
 
 
 # -- in the caller -------------------------------------------------------------------------------
@@ -256,10 +259,10 @@ def _wait(procs: list[Any], folder: Path, timeout: float) -> list[int]:
 
 
 def _failed(folder: Path, rank: int, proc: Any) -> bool:
-    if not proc.is_alive() and proc.exitcode not in (0, None):
-        return True
-    path = folder / f"rank{rank}.pt"
-    return not proc.is_alive() and path.exists() and _load(path).get("error") is not None
+    """Whether rank ``rank`` has ended with an error (or died)."""
+    if proc.is_alive():
+        return False
+    return proc.exitcode != 0 or (folder / f"failed{rank}").exists()
 
 
 def _load(path: Path) -> dict[str, Any]:
