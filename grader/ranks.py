@@ -80,7 +80,13 @@ class RankFailed(Exception):
 
 
 class RankTimeout(RankFailed):
-    """Some rank was still running after the time limit (see :func:`run_ranks`)."""
+    """Some rank was still running after the time limit (see :func:`run_ranks`); its message
+    names every stuck rank itself, so it is not prefixed with one."""
+
+    def __init__(self, rank: int, info: dict[str, Any]) -> None:
+        self.rank = rank
+        self.info = dict(info)
+        Exception.__init__(self, info["message"])
 
 
 def free_port() -> int:
@@ -104,6 +110,7 @@ def run_ranks(
         raise ValueError(f"init must be 'group' or 'env', got {init!r}")
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
+    _warm_linecache()  # here, once: every forked rank inherits it
     with tempfile.TemporaryDirectory(prefix="ranks-") as tmp:
         folder = Path(tmp)
         port = free_port()
@@ -157,7 +164,6 @@ def _rank_main(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    _warm_linecache()
     try:
         if init == "group":
             store = dist.FileStore(str(Path(folder, "store")), world_size)
@@ -191,7 +197,8 @@ def _rank_main(
 
 
 def _warm_linecache() -> None:
-    """Read the grader's and the tests' loaded sources into linecache, before any tree code runs.
+    """Read the grader's and the tests' loaded sources into linecache, before any tree code runs
+    (in the caller, before the fork; a file already cached is not read again).
 
     ``torch.manual_seed`` in the tree queues CUDA's seeding with ``traceback.format_stack()``,
     which reads the source of every frame on the stack (this harness, the test, the task): the
@@ -345,10 +352,7 @@ def _timeout_error(hung: list[int], procs: list[Any], folder: Path, timeout: flo
         f"send/recv that the other ranks never make (called on one rank only?) waits forever."
     )
     info = {"status": TIMED_OUT, "message": message, "where": first_where, "exception": None}
-    error = RankTimeout(hung[0], info)
-    error.info["message"] = message  # it names the ranks itself
-    error.args = (message,)
-    return error
+    return RankTimeout(hung[0], info)
 
 
 def _waiting_in(stack_file: Path) -> tuple[str | None, dict[str, Any] | None]:
