@@ -333,7 +333,8 @@ class BPETokenizer:
             return list(chain.from_iterable(map(cache.__getitem__, chunks)))
         except KeyError:
             pass
-        for chunk in set(chunks).difference(cache):
+        missing = set(chunks).difference(cache)
+        for chunk in missing:
             data = chunk.encode("utf-8")
             if len(data) > LONG_CHUNK:  # pattern=None or a huge word: the heap version, uncached
                 return [i for c in chunks for i in self._encode_uncached(c)]

@@ -258,23 +258,66 @@ def test_train_vocab_size_and_naive_merges(trained):
     )
 
 
+def by_definition(chunk: str, merges: dict[tuple[int, int], int]) -> list[int]:
+    """The ids of one chunk by the definition: merge the lowest-ranked pair until none is left."""
+    ranks = {pair: r for r, pair in enumerate(merges)}
+    ids = list(chunk.encode("utf-8"))
+    while len(ids) > 1:
+        pair = min(zip(ids, ids[1:], strict=False), key=lambda p: ranks.get(p, 1 << 30))
+        if pair not in ranks:
+            break
+        ids = ref_merge(ids, pair, merges[pair])
+    return ids
+
+
 def test_encode_matches_training_segmentation(trained):
     """encode applies the merges lowest rank first, as GPT-2's bpe() does."""
-    ranks = {pair: r for r, pair in enumerate(trained.merges)}
     for chunk in ["the", " tokenizer", " merged", " 日本語", " 🙂", "aaaa", " catcatcat"]:
-        ids = list(chunk.encode("utf-8"))
-        while len(ids) > 1:  # the definition, one merge at a time
-            pair = min(zip(ids, ids[1:], strict=False), key=lambda p: ranks.get(p, 1 << 30))
-            if pair not in ranks:
-                break
-            ids = ref_merge(ids, pair, trained.merges[pair])
-        check_equal(trained.encode(chunk), ids, f"encode({chunk!r})", ENCODE)
+        check_equal(
+            trained.encode(chunk),
+            by_definition(chunk, trained.merges),
+            f"encode({chunk!r})",
+            ENCODE,
+        )
     n_tokens, n_bytes = len(trained.encode(corpus())), len(corpus().encode("utf-8"))
     check(
         n_tokens < 0.6 * n_bytes,
         f"encoding the training text should take fewer than 60% as many tokens as bytes, got "
         f"{n_tokens:,} tokens for {n_bytes:,} bytes. Look at {ENCODE}.",
     )
+
+
+# Merges that make runs of one letter: "aaa" is (aa)a, not a(aa), and "aaaa" is (aa)(aa).
+RUN_MERGES = {(97, 97): 256, (256, 97): 257, (256, 256): 258, (98, 97): 259, (259, 256): 260}
+
+
+@pytest.mark.parametrize("which", ["trained", "runs"])
+def test_encode_of_a_long_text_equals_each_chunk_by_the_definition(trained, which):
+    """Encoding thousands of distinct words in one call (a cold cache) gives, chunk by chunk,
+    the ids of the definition: runs of one letter, multi-byte characters, words longer than
+    32 bytes, and the same words again once they are cached."""
+    if which == "runs":
+        trained = tok.BPETokenizer(RUN_MERGES)
+    rng = random.Random(5)
+    letters = "aaabnnndeéあ🙂 "
+    words = {"".join(rng.choice(letters) for _ in range(rng.randint(1, 12))) for _ in range(3000)}
+    words |= {"a" * n for n in range(1, 40)} | {" " + "ab" * 20, "catcat" * 8}
+    text = " ".join(sorted(words)) + corpus(300)
+    fresh = tok.BPETokenizer.from_dict(trained.to_dict())  # nothing cached yet
+    chunks = regex.findall(GPT2_PAT, text)
+    expected = [i for chunk in chunks for i in by_definition(chunk, trained.merges)]
+    for attempt in ("first call", "second call"):
+        got = fresh.encode(text)
+        if got != expected:
+            at = next(
+                (k for k, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                min(len(got), len(expected)),
+            )
+            fail(
+                f"encode of a {len(text):,}-character text with {len(set(chunks)):,} distinct chunks "
+                f"({attempt}) differs from encoding each chunk by the definition at id {at}: got "
+                f"{got[at : at + 5]}, expected {expected[at : at + 5]}. Look at {ENCODE}."
+            )
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", None])
