@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"ms/iteration = {BATCH * BLOCK / peer_ms * 1000:,.0f} vs "
                 f"{BATCH * BLOCK / ours['ms'] * 1000:,.0f} tokens/s: ours {ratio:.2f}x; ours "
                 f"{ours['gflops']:.1f} GFLOP/s of a measured {ours['peak_gflops']:.1f} peak "
-                f"(MFU {ours['gflops'] / ours['peak_gflops']:.0%})",
+                f"(MFU {ours['gflops'] / ours['peak_gflops']:.0%}); ours' first step "
+                f"{ours['first_step_ms'] / 1000:.1f} s" + (" (compiling)" if args.compile else ""),
                 flush=True,
             )
         if args.full_iters:
