@@ -457,15 +457,17 @@ class BPETokenizer:
 
     # BEGIN SOLUTION
     def _pair_tables(self) -> tuple[Any, ...] | None:
-        """The merges as sorted numpy arrays for :func:`_encode_many`, made once; None where
-        the batched encoding would not equal ``_encode_chunk``: a merge that uses a token made
-        by a later merge (a converted tiktoken vocabulary), where merging one occurrence at a
-        time is not merging all of them."""
+        """The merges as numpy tables for :func:`_encode_many`, made on first use; None where it
+        cannot be used: a vocabulary too big for the table, or merges as a converted tiktoken
+        vocabulary lists them (a token made by several merges, a merge that uses a token made
+        further down), where merging one occurrence at a time is not merging all at once."""
         if self._tables is False:
             made = dict.fromkeys(self.byte_ids, -1)  # token -> rank of the first merge making it
             for rank, i in enumerate(self.merges.values()):
                 made.setdefault(i, rank)
-            ordered = all(made[a] < r and made[b] < r for r, (a, b) in enumerate(self.merges))
+            ordered = len(made) == len(self.byte_ids) + len(self.merges) and all(
+                made[a] < r and made[b] < r for r, (a, b) in enumerate(self.merges)
+            )  # one merge per token, each from tokens made before it
             self._tables = (
                 _pair_arrays(self.merges, max(self.vocab, default=255) + 1) if ordered else None
             )
@@ -618,9 +620,14 @@ def _encode_many(
         ids = np.where(after, ids[:, 1:], ids[:, :-1])  # column best + 1 dropped
         ids = ids[:, : max(2, int(lengths.max(initial=0)))]  # no column of padding only
     finish(rows, ids, lengths)
-    as_lists = final[:, : int(final_lengths.max(initial=0))].tolist()  # the widest row's width
-    counts = final_lengths.tolist()
-    return dict(zip(names, [row[:n] for row, n in zip(as_lists, counts, strict=True)], strict=True))
+    # Back to Python lists, one final length at a time, so that no padding is converted.
+    order = np.argsort(final_lengths, kind="stable")
+    starts = np.searchsorted(final_lengths[order], np.arange(width + 2)).tolist()
+    names = [names[i] for i in order.tolist()]
+    out: dict[str, list[int]] = {}
+    for n, (start, end) in enumerate(zip(starts, starts[1:], strict=False)):  # length n
+        out.update(zip(names[start:end], final[order[start:end], :n].tolist(), strict=True))
+    return out
 
 
 # END SOLUTION

@@ -289,19 +289,24 @@ def test_encode_matches_training_segmentation(trained):
 
 # Merges that make runs of one letter: "aaa" is (aa)a, not a(aa), and "aaaa" is (aa)(aa).
 RUN_MERGES = {(97, 97): 256, (256, 97): 257, (256, 256): 258, (98, 97): 259, (259, 256): 260}
+# Merges as a converted tiktoken vocabulary lists them: "abc" is made twice, as a + bc and later
+# as ab + c, and (abc, ab) ranks between the two. "abcabc" is then [abc, abc] by the definition
+# (both ab + c at once), not [abcab, c] (one at a time, leftmost first).
+CONVERTED_MERGES = {(97, 98): 256, (98, 99): 257, (97, 257): 258, (258, 256): 259, (256, 99): 258}
 
 
-@pytest.mark.parametrize("which", ["trained", "runs"])
+@pytest.mark.parametrize("which", ["trained", "runs", "converted"])
 def test_encode_of_a_long_text_equals_each_chunk_by_the_definition(trained, which):
     """Encoding thousands of distinct words in one call (a cold cache) gives, chunk by chunk,
     the ids of the definition: runs of one letter, multi-byte characters, words longer than
     32 bytes, and the same words again once they are cached."""
-    if which == "runs":
-        trained = tok.BPETokenizer(RUN_MERGES)
+    if which != "trained":
+        trained = tok.BPETokenizer(RUN_MERGES if which == "runs" else CONVERTED_MERGES)
     rng = random.Random(5)
-    letters = "aaabnnndeéあ🙂 "
+    letters = "aaabbcnnndeéあ🙂 "
     words = {"".join(rng.choice(letters) for _ in range(rng.randint(1, 12))) for _ in range(3000)}
-    words |= {"a" * n for n in range(1, 40)} | {" " + "ab" * 20, "catcat" * 8}
+    words |= {"a" * n for n in range(1, 40)} | {"abc" * n for n in range(1, 5)}
+    words |= {" " + "ab" * 20, "catcat" * 8}
     text = " ".join(sorted(words)) + corpus(300)
     fresh = tok.BPETokenizer.from_dict(trained.to_dict())  # nothing cached yet
     chunks = regex.findall(GPT2_PAT, text)
