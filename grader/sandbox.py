@@ -99,10 +99,13 @@ def bwrap_command(
     cwd: Path,
     hide: Iterable[Path] = (),
     writable: Iterable[Path] = (),
+    as_pid_1: bool = False,
     bwrap: str = "bwrap",
 ) -> list[str]:
     """The bwrap command line that runs ``command`` in the sandbox (see the module docstring);
-    ``writable``: more folders bound writable (a batch's stage server: its stages' run folders)."""
+    ``writable``: more folders bound writable (a batch's stage server: its stages' run folders);
+    ``as_pid_1``: ``command`` is the sandbox's process 1 itself, with no bwrap process inside
+    (whose memory a stage could write: a batch's stage server, see grader/server.py)."""
     tree = tree_folder(env)
     hidden = [Path(p).resolve() for p in hide]
     if not _is_within(tree, REPO_ROOT / "solutions"):
@@ -113,6 +116,7 @@ def bwrap_command(
         return any(_is_within(h, path) for h in (REPO_ROOT, *hidden))
 
     args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
+    args += ["--as-pid-1"] if as_pid_1 else []
     args += ["--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID)]
     # Writable and private first, so that what is bound below (a tree or tests under /tmp) lies
     # on top of it rather than under it.
@@ -156,6 +160,7 @@ def prefix(
     *,
     writable: Iterable[os.PathLike[str] | str] = (),
     keep_fds: Iterable[int] = (),
+    as_pid_1: bool = False,
 ) -> tuple[str, ...]:
     """The command words that run what follows them in the sandbox (for ``Sandbox.prefix``);
     ``writable`` folders are bound writable, ``keep_fds`` stay open for the command (a batch's
@@ -167,6 +172,7 @@ def prefix(
         words += ["--writable", os.fspath(path)]
     for fd in keep_fds:
         words += ["--keep-fd", str(fd)]
+    words += ["--as-pid-1"] if as_pid_1 else []
     return (*words, "--")
 
 
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hide", action="append", default=[], metavar="PATH")
     parser.add_argument("--writable", action="append", default=[], metavar="PATH")
     parser.add_argument("--keep-fd", action="append", default=[], type=int, metavar="FD")
+    parser.add_argument("--as-pid-1", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -235,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         cwd=Path.cwd(),
         hide=[Path(p) for p in args.hide],
         writable=[Path(p) for p in args.writable],
+        as_pid_1=args.as_pid_1,
         bwrap=bwrap,
     )
     code = subprocess.call(full, pass_fds=tuple(args.keep_fd))

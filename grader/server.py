@@ -466,7 +466,7 @@ class SubmissionServer:
             listener.listen(16)
             fds = (listener.fileno(), lifeline)
             command = [
-                *os_sandbox.prefix(self.hide, writable=(runs,), keep_fds=fds),
+                *os_sandbox.prefix(self.hide, writable=(runs,), keep_fds=fds, as_pid_1=True),
                 *self.limits,
                 sys.executable,
                 "-m",
@@ -746,7 +746,9 @@ def _answer(conn: socket.socket, mine: str, scratch: _Scratch | None) -> None:
             conn.sendall(b'{"pong": true}\n')
         return
     if request.get("stop") or request.get("fingerprint") != mine:
-        # Asked to, or the grader's code changed under this server: the server exits.
+        # Asked to, or the grader's code changed under this server: the server exits (but a
+        # batch's server, its sandbox's process 1, ignores the signal: the stage then runs as a
+        # fresh subprocess, and the server goes with its submission).
         os.kill(os.getppid(), signal.SIGTERM)
         with contextlib.suppress(OSError):
             conn.sendall(b'{"stopped": true}\n')
@@ -847,6 +849,10 @@ def _run_stage(request: dict[str, Any], conn: socket.socket) -> None:
         traceback.print_exc()
         code = 70
     finally:
+        with contextlib.suppress(BaseException):
+            import atexit
+
+            atexit._run_exitfuncs()  # as an interpreter's exit does (the learner's handlers too)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
