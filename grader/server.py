@@ -5,24 +5,61 @@ Most of a small stage's time is Python importing torch and pytest (2-5 s of the 
 again, so the grader keeps one *stage server* per tree: ``python -m grader.server`` imports what
 every stage imports, then waits on a Unix socket. For each stage it forks twice: a *handler*,
 which answers the grader, and under it the *stage*, which runs ``pytest.main`` with the stage's
-arguments, environment and working directory, exactly as the stage subprocess would. No learner
-code ever runs in the server itself: each stage starts from the same clean, freshly imported
-state, and a stage that crashes, hangs or exits takes only itself down.
+arguments, environment and working directory, exactly as the stage subprocess would (its
+``atexit`` handlers too). No learner code ever runs in the server itself: each stage starts from
+the same clean, freshly imported state, and a stage that crashes, hangs or exits takes only
+itself down. When the stage ends, or the grader hangs up to stop it, the handler kills its
+process group and then every process the stage left, even one in a new session (the handler is
+their *subreaper*: orphans come back to it), before it answers.
 
 Isolation is the sandbox's (``grader/sandbox.py``): the server starts inside it, with the tree
 under test and its own work folder bound (the folder holds the socket and, per stage, the results
 file, the checks file, the log and the artifacts). A stage that kills the server only makes the
-grader start a new one.
+grader start a new one. The grader reads a stage's results, checks and log only through
+descriptors it opened before the stage started, so a stage that swaps them for links to other
+files is not believed.
 
 Protocol (one connection per stage; JSON lines): the grader sends ``{"args", "env", "cwd",
 "log", "fingerprint"}``; the handler answers ``{"started": pid}`` and, when the stage ends,
-``{"exit": returncode}`` (negative: killed by that signal). The grader closing the connection
-stops the stage (its process group is killed): that is how the runner's time limits reach it.
+``{"exit": returncode}`` (negative: killed by that signal; a batch's server adds ``"clean"``).
+The grader half-closing the connection stops the stage: that is how the runner's time limits
+reach it; the handler still answers once everything is killed.
 
-Used for a learner's own runs only (``python -m grader ch2``, ``check``, ``watch``), never for an
-instructor's (``batch``, ``--hidden``), and never when ``GRADER_SERVER=0``. A server exits after
-:data:`IDLE` seconds without a stage, or when the grader's code changes (its *fingerprint*, in
-the work folder's name, no longer matches). ``python -m grader.server --stop`` stops them all.
+**A learner's server** (``python -m grader ch2``, ``check``, ``watch``; never with
+``GRADER_SERVER=0``): one per tree, under :func:`root`, shared by that tree's runs. It exits
+after :data:`IDLE` seconds without a stage, or when the grader's code changes (its
+*fingerprint*, in the work folder's name, no longer matches). ``python -m grader.server --stop``
+stops them all. It trusts its stages as the learner does (they share its ``/tmp`` and HOME).
+
+**A batch submission's server** (:class:`SubmissionServer`; ``grade --hidden`` never uses one).
+Every stage of one submission runs on a server of its own, started on the first stage inside
+THAT submission's sandbox (the same bwrap prefix with the other submissions hidden, the same
+memory and output limits, the same environment: threads, hash seed, guard, strict, hidden), and
+stopped with everything under it when the submission is done, even when grading raises (or
+when the grader dies: the server exits when a pipe from the grader closes). Where no server can
+run (``GRADER_SERVER=0``, no fork, no OS sandbox or ``--unsafe``, a custom Python, tests it
+cannot see) the stages run as fresh subprocesses, with the same results. What holds, for code
+running in a stage (each point is tested in ``tests/grader/test_batch_server.py``):
+
+- *It cannot change what a later stage reports.* The server and its handlers are not
+  "dumpable" (``prctl``): without that, a stage running as the same user could attach to its
+  server or write its memory through ``/proc/PID/mem`` (this kernel has no Yama ptrace scope) and
+  so rewrite every later stage. The server is the sandbox's process 1 (``bwrap --as-pid-1``): no
+  bwrap process inside whose memory a stage could write, and process 1 ignores a stage's
+  signals. Nothing the stage started outlives it (the handler's subreaper loop), and after every
+  stage the handler puts ``/tmp`` (also HOME and TMPDIR), ``/dev/shm`` and ``/dev`` back as the
+  sandbox made them, as a fresh sandbox per stage would have had them; what it cannot remove,
+  like a stage that killed or stopped its handler, makes the grader replace the server (a new
+  sandbox, a new runs folder) before the next stage.
+- *It cannot reach the server's socket.* The socket's file lies outside the sandbox: the grader
+  makes the listening socket and the server inherits it as a descriptor (``--listen-fd``), and
+  it takes connections only from outside its PID namespace (``SO_PEERCRED``).
+- *One submission's server never serves another*: its sandbox binds only that submission's copy
+  and its own runs folder, under the submission's scratch folder (removed afterwards), never the
+  learners' shared :func:`root`. ``--jobs N`` runs N such servers at once, with the same threads
+  per stage as fresh processes.
+- A stage that kills its handler, exits, crashes, hangs or forks stragglers fails as it would in
+  a fresh process; the submission's later stages are still graded.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ the whole submission (stages after it is used up are ``timed out``), and the OS 
 outliving the stage), without which ``run`` refuses to grade unless ``--unsafe`` is given. The
 tests always come from the grader's ``tests/``. ``--jobs`` submissions are graded at once.
 
+A submission's stages run on a stage server of its own (:func:`server_for`,
+``grader/server.py``'s ``SubmissionServer``): started in that submission's sandbox with its limits
+and environment, it imports torch and pytest once and forks a fresh process per stage, and it is
+stopped, with everything under it, when the submission is done. Where it cannot run (no OS
+sandbox, ``GRADER_SERVER=0``, no fork) every stage is a fresh subprocess, with the same results.
+
 Verdicts: the grader decides them itself (``grader/verdicts.py``). Before the first submission,
 each stage's answer key is made from the reference (``grader/answer_key.py``; cached in
 ``.grader/keys/``, so only the first batch of a version of the tests pays for it), and every
