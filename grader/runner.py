@@ -35,9 +35,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from .artifacts import ARTIFACTS_ENV
 from .checks import CHECKS_ENV
 from .events import StageEvents, Stop
 from .forbidden import env as forbidden_env
@@ -45,7 +44,7 @@ from .manifest import Chapter, Stage
 from .results import ChapterResult, StageResult, TestResult
 from .statuses import ERROR, HIDDEN_ENV, LOCKED, RESULTS_ENV, TIMED_OUT
 from .tree import REPO_ROOT, UsageError, resolve_tree
-from .verdicts import Key, judge, read_checks
+from .verdicts import Key, judge, parse_checks
 
 GRACE = 3.0  # seconds the supervisor gives pytest-timeout to report a test before killing it
 _LOG_TAIL = 4000  # characters of the subprocess's output kept for diagnosis
@@ -143,19 +142,16 @@ def stage_env(tree_value: str, results: Path) -> dict[str, str]:
 
 
 class _Lines:
-    """Reads the plugin's complete JSON lines as they are written."""
+    """Reads the plugin's complete JSON lines as they are written, from the results file opened
+    before the stage started."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
         self.offset = 0
 
     def poll(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
+        self.file.seek(self.offset)
+        data = self.file.read()
         end = data.rfind(b"\n") + 1
         self.offset += end
         new = []
@@ -286,10 +282,17 @@ def run_stage(
     start = time.monotonic()
     events = StageEvents()
     server = sandbox.server if _servable(stage, repo_root, python, sandbox) else None
-    with _stage_folder(server) as tmp:
+    with _stage_folder(server) as tmp, contextlib.ExitStack() as files:
         results = tmp / "results.jsonl"
         log_path = tmp / "pytest.log"
         checks_path = tmp / "checks.jsonl"
+        # The grader reads what the stage wrote only through descriptors it opens now, before the
+        # stage starts: on a stage server the stage can write this folder, and could otherwise
+        # swap a file for a link to one of the grader's (grader/server.py).
+        readers = {}
+        for path in (results, log_path, checks_path):
+            path.touch()
+            readers[path] = files.enter_context(open(path, "rb"))
         trusted = (
             {CHECKS_ENV: str(checks_path), HIDDEN_ENV: "1" if key.hidden else "0"} if key else {}
         )
@@ -318,14 +321,15 @@ def run_stage(
             if stopping.is_set():  # stop_all ran while this one was starting
                 _kill_group(proc)
             try:
-                stop = _supervise(proc, _Lines(results), events, stage, listener, poll_interval)
+                lines = _Lines(readers[results])
+                stop = _supervise(proc, lines, events, stage, listener, poll_interval)
             finally:
                 with _live_lock:
                     _live.discard(proc)
-        log_tail = _tail(log_path, _LOG_TAIL)
-        records = read_checks(checks_path) if key else {}
+        log_tail = _tail(readers[log_path], _LOG_TAIL)
+        records = parse_checks(readers[checks_path].read()) if key else {}
         if server is not None:
-            _hand_over_artifacts(tmp / "artifacts")
+            server.hand_over(tmp)
     result = events.result(
         fields,
         test_file=stage.tests,
@@ -344,12 +348,11 @@ def run_stage(
 
 
 def _servable(stage: Stage, repo_root: Path, python: str, sandbox: Sandbox) -> bool:
-    """The server can run this stage: the course's own tests, this Python, no wrapper."""
-    if sandbox.server is None or sandbox.cwd is not None or sandbox.pytest_args:
+    """The server can run this stage: tests it can see, this Python, no wrapper of the runner's
+    own (a learner's :class:`~grader.server.Client`, a batch's ``SubmissionServer``)."""
+    if sandbox.server is None or sandbox.pytest_args or python != sys.executable:
         return False
-    tests = (repo_root / stage.tests).resolve()
-    visible = tests.is_relative_to(REPO_ROOT / "tests") or not sandbox.server.prefix
-    return python == sys.executable and visible  # a sandboxed server sees only the course's tests
+    return sandbox.server.serves((repo_root / stage.tests).resolve(), sandbox.cwd)
 
 
 @contextlib.contextmanager
@@ -371,23 +374,13 @@ def _start_on_server(server: Any, command: list[str], env: dict[str, str], tmp: 
     """The stage started on the server, or None (no server: start a subprocess instead)."""
     if server is None:
         return None
-    env = env | server.private_env(tmp) | {ARTIFACTS_ENV: str(tmp / "artifacts")}
+    env = env | server.private_env(tmp)
     try:
         if not server.ensure():
             return None
         return server.start(command[3:], env, cwd, tmp / "pytest.log")  # after "python -m pytest"
     except (OSError, ValueError):
         return None
-
-
-def _hand_over_artifacts(folder: Path) -> None:
-    """Copy what an e2e stage left in the server's folder to this run's artifacts folder."""
-    target = os.environ.get(ARTIFACTS_ENV)
-    if not target or not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        with contextlib.suppress(OSError):
-            shutil.copy2(path, Path(target) / path.name)
 
 
 def stage_fields(chapter: Chapter, stage: Stage) -> dict[str, Any]:
@@ -420,12 +413,11 @@ def unrun(chapter: Chapter, stage: Stage, status: str, message: str) -> StageRes
     return StageResult(status=status, message=message, **stage_fields(chapter, stage))
 
 
-def _tail(path: Path, chars: int) -> str:
+def _tail(f: BinaryIO, chars: int) -> str:
     """The end of a file, read without loading the rest (learner code may print megabytes)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 4 * chars))
-        return f.read().decode("utf-8", errors="replace")[-chars:]
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - 4 * chars))
+    return f.read().decode("utf-8", errors="replace")[-chars:]
 
 
 # -- a chapter ------------------------------------------------------------------------------

@@ -98,9 +98,14 @@ def bwrap_command(
     env: Mapping[str, str],
     cwd: Path,
     hide: Iterable[Path] = (),
+    writable: Iterable[Path] = (),
+    as_pid_1: bool = False,
     bwrap: str = "bwrap",
 ) -> list[str]:
-    """The bwrap command line that runs ``command`` in the sandbox (see the module docstring)."""
+    """The bwrap command line that runs ``command`` in the sandbox (see the module docstring);
+    ``writable``: more folders bound writable (a batch's stage server: its stages' run folders);
+    ``as_pid_1``: ``command`` is the sandbox's process 1 itself, with no bwrap process inside
+    (whose memory a stage could write: a batch's stage server, see grader/server.py)."""
     tree = tree_folder(env)
     hidden = [Path(p).resolve() for p in hide]
     if not _is_within(tree, REPO_ROOT / "solutions"):
@@ -111,6 +116,7 @@ def bwrap_command(
         return any(_is_within(h, path) for h in (REPO_ROOT, *hidden))
 
     args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
+    args += ["--as-pid-1"] if as_pid_1 else []
     args += ["--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID)]
     # Writable and private first, so that what is bound below (a tree or tests under /tmp) lies
     # on top of it rather than under it.
@@ -140,6 +146,8 @@ def bwrap_command(
         value = env.get(name)
         if value and Path(value).exists():
             args += ["--bind", value, value]
+    for path in writable:
+        args += ["--bind", os.fspath(path), os.fspath(path)]
     args += ["--dir", str(cwd), "--chdir", str(cwd), "--remount-ro", "/"]
     for key, value in PRIVATE_ENV.items():
         args += ["--setenv", key, value]
@@ -147,12 +155,24 @@ def bwrap_command(
 
 
 def prefix(
-    hide: Iterable[os.PathLike[str] | str] = (), python: str = sys.executable
+    hide: Iterable[os.PathLike[str] | str] = (),
+    python: str = sys.executable,
+    *,
+    writable: Iterable[os.PathLike[str] | str] = (),
+    keep_fds: Iterable[int] = (),
+    as_pid_1: bool = False,
 ) -> tuple[str, ...]:
-    """The command words that run what follows them in the sandbox (for ``Sandbox.prefix``)."""
+    """The command words that run what follows them in the sandbox (for ``Sandbox.prefix``);
+    ``writable`` folders are bound writable, ``keep_fds`` stay open for the command (a batch's
+    stage server gets its listening socket that way, so the socket's file is never inside)."""
     words = [python, "-m", "grader.sandbox"]
     for path in hide:
         words += ["--hide", os.fspath(path)]
+    for path in writable:
+        words += ["--writable", os.fspath(path)]
+    for fd in keep_fds:
+        words += ["--keep-fd", str(fd)]
+    words += ["--as-pid-1"] if as_pid_1 else []
     return (*words, "--")
 
 
@@ -201,6 +221,9 @@ def for_learner() -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m grader.sandbox")
     parser.add_argument("--hide", action="append", default=[], metavar="PATH")
+    parser.add_argument("--writable", action="append", default=[], metavar="PATH")
+    parser.add_argument("--keep-fd", action="append", default=[], type=int, metavar="FD")
+    parser.add_argument("--as-pid-1", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -214,9 +237,15 @@ def main(argv: list[str] | None = None) -> None:
     if bwrap is None:
         sys.exit("python -m grader.sandbox: error: bubblewrap (bwrap) is not installed")
     full = bwrap_command(
-        command, env=os.environ, cwd=Path.cwd(), hide=[Path(p) for p in args.hide], bwrap=bwrap
+        command,
+        env=os.environ,
+        cwd=Path.cwd(),
+        hide=[Path(p) for p in args.hide],
+        writable=[Path(p) for p in args.writable],
+        as_pid_1=args.as_pid_1,
+        bwrap=bwrap,
     )
-    code = subprocess.call(full)
+    code = subprocess.call(full, pass_fds=tuple(args.keep_fd))
     if code > 128 and code - 128 in signal.valid_signals():
         die_like(signal.Signals(code - 128))
     sys.exit(code)

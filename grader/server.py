@@ -5,24 +5,61 @@ Most of a small stage's time is Python importing torch and pytest (2-5 s of the 
 again, so the grader keeps one *stage server* per tree: ``python -m grader.server`` imports what
 every stage imports, then waits on a Unix socket. For each stage it forks twice: a *handler*,
 which answers the grader, and under it the *stage*, which runs ``pytest.main`` with the stage's
-arguments, environment and working directory, exactly as the stage subprocess would. No learner
-code ever runs in the server itself: each stage starts from the same clean, freshly imported
-state, and a stage that crashes, hangs or exits takes only itself down.
+arguments, environment and working directory, exactly as the stage subprocess would (its
+``atexit`` handlers too). No learner code ever runs in the server itself: each stage starts from
+the same clean, freshly imported state, and a stage that crashes, hangs or exits takes only
+itself down. When the stage ends, or the grader hangs up to stop it, the handler kills its
+process group and then every process the stage left, even one in a new session (the handler is
+their *subreaper*: orphans come back to it), before it answers.
 
 Isolation is the sandbox's (``grader/sandbox.py``): the server starts inside it, with the tree
 under test and its own work folder bound (the folder holds the socket and, per stage, the results
 file, the checks file, the log and the artifacts). A stage that kills the server only makes the
-grader start a new one.
+grader start a new one. The grader reads a stage's results, checks and log only through
+descriptors it opened before the stage started, so a stage that swaps them for links to other
+files is not believed.
 
 Protocol (one connection per stage; JSON lines): the grader sends ``{"args", "env", "cwd",
 "log", "fingerprint"}``; the handler answers ``{"started": pid}`` and, when the stage ends,
-``{"exit": returncode}`` (negative: killed by that signal). The grader closing the connection
-stops the stage (its process group is killed): that is how the runner's time limits reach it.
+``{"exit": returncode}`` (negative: killed by that signal; a batch's server adds ``"clean"``).
+The grader half-closing the connection stops the stage: that is how the runner's time limits
+reach it; the handler still answers once everything is killed.
 
-Used for a learner's own runs only (``python -m grader ch2``, ``check``, ``watch``), never for an
-instructor's (``batch``, ``--hidden``), and never when ``GRADER_SERVER=0``. A server exits after
-:data:`IDLE` seconds without a stage, or when the grader's code changes (its *fingerprint*, in
-the work folder's name, no longer matches). ``python -m grader.server --stop`` stops them all.
+**A learner's server** (``python -m grader ch2``, ``check``, ``watch``; never with
+``GRADER_SERVER=0``): one per tree, under :func:`root`, shared by that tree's runs. It exits
+after :data:`IDLE` seconds without a stage, or when the grader's code changes (its
+*fingerprint*, in the work folder's name, no longer matches). ``python -m grader.server --stop``
+stops them all. It trusts its stages as the learner does (they share its ``/tmp`` and HOME).
+
+**A batch submission's server** (:class:`SubmissionServer`; ``grade --hidden`` never uses one).
+Every stage of one submission runs on a server of its own, started on the first stage inside
+THAT submission's sandbox (the same bwrap prefix with the other submissions hidden, the same
+memory and output limits, the same environment: threads, hash seed, guard, strict, hidden), and
+stopped with everything under it when the submission is done, even when grading raises (or
+when the grader dies: the server exits when a pipe from the grader closes). Where no server can
+run (``GRADER_SERVER=0``, no fork, no OS sandbox or ``--unsafe``, a custom Python, tests it
+cannot see) the stages run as fresh subprocesses, with the same results. What holds, for code
+running in a stage (each point is tested in ``tests/grader/test_batch_server.py``):
+
+- *It cannot change what a later stage reports.* The server and its handlers are not
+  "dumpable" (``prctl``): without that, a stage running as the same user could attach to its
+  server or write its memory through ``/proc/PID/mem`` (this kernel has no Yama ptrace scope) and
+  so rewrite every later stage. The server is the sandbox's process 1 (``bwrap --as-pid-1``): no
+  bwrap process inside whose memory a stage could write, and process 1 ignores a stage's
+  signals. Nothing the stage started outlives it (the handler's subreaper loop), and after every
+  stage the handler puts ``/tmp`` (also HOME and TMPDIR), ``/dev/shm`` and ``/dev`` back as the
+  sandbox made them, as a fresh sandbox per stage would have had them; what it cannot remove,
+  like a stage that killed or stopped its handler, makes the grader replace the server (a new
+  sandbox, a new runs folder) before the next stage.
+- *It cannot reach the server's socket.* The socket's file lies outside the sandbox: the grader
+  makes the listening socket and the server inherits it as a descriptor (``--listen-fd``), and
+  it takes connections only from outside its PID namespace (``SO_PEERCRED``).
+- *One submission's server never serves another*: its sandbox binds only that submission's copy
+  and its own runs folder, under the submission's scratch folder (removed afterwards), never the
+  learners' shared :func:`root`. ``--jobs N`` runs N such servers at once, with the same threads
+  per stage as fresh processes.
+- A stage that kills its handler, exits, crashes, hangs or forks stragglers fails as it would in
+  a fresh process; the submission's later stages are still graded.
 """
 
 from __future__ import annotations
@@ -50,14 +87,16 @@ try:
 except ImportError:  # pragma: no cover - Windows has no fork either: the server is never used
     fcntl = None  # type: ignore[assignment]
 
+from . import sandbox as os_sandbox
 from .runner import Sandbox
-from .sandbox import PRIVATE_ENV, for_learner
+from .sandbox import ARTIFACTS_ENV, HOME, PRIVATE_ENV, for_learner
 from .tree import REPO_ROOT, resolve_tree
 
 SWITCH_ENV = "GRADER_SERVER"  # "0": every stage in a fresh subprocess
 ROOT_ENV = "GRADER_SERVER_DIR"  # where the servers' work folders go (tests use their own)
 IDLE = 900.0  # seconds a server waits for a stage before it exits
 START_TIMEOUT = 120.0  # seconds to wait for a new server to be ready
+KILL_WAIT = 10.0  # seconds a stopped stage's handler has to answer before its server is replaced
 # What every stage imports, and what torch imports lazily the first time a test uses an oracle
 # (nn.MultiheadAttention's forward pulls in torch.fx's symbolic shapes and sympy: 0.8-1.9 s).
 PRELOAD = (
@@ -78,6 +117,9 @@ PRELOAD = (
     "grader.forbidden",
     "grader.checks",
 )
+# What a batch's server imports for stages whose tests are not the course's (made-up chapters in
+# the grader's own tests): what every stage imports, without torch (0.2 s instead of 3-6 s).
+LIGHT = tuple(name for name in PRELOAD if name.startswith(("pytest", "_pytest", "grader.")))
 
 
 def enabled() -> bool:
@@ -134,13 +176,33 @@ class Client:
         self.socket = self.folder / "socket"
         self._lock = threading.Lock()
 
+    def serves(self, tests: Path, cwd: Path | None) -> bool:
+        """A stage with these tests, run from the repository root: a sandboxed server sees only
+        the course's tests."""
+        return cwd is None and (tests.is_relative_to(REPO_ROOT / "tests") or not self.prefix)
+
     def private_env(self, run: Path) -> dict[str, str]:
-        """The stage's own temporary folder (removed with ``run``), and in the sandbox the
-        private HOME every sandboxed stage gets."""
+        """The stage's own temporary folder (removed with ``run``), in the sandbox the private
+        HOME every sandboxed stage gets, and the artifacts folder (:meth:`hand_over`)."""
         scratch = run / "tmp"
         scratch.mkdir(exist_ok=True)
         private = dict(PRIVATE_ENV) if self.prefix else {}
-        return private | {"TMPDIR": str(scratch), "TMP": str(scratch), "TEMP": str(scratch)}
+        return private | {
+            "TMPDIR": str(scratch),
+            "TMP": str(scratch),
+            "TEMP": str(scratch),
+            ARTIFACTS_ENV: str(run / "artifacts"),
+        }
+
+    def hand_over(self, run: Path) -> None:
+        """Copy what an e2e stage left in ``run`` to this command's artifacts folder."""
+        target = os.environ.get(ARTIFACTS_ENV)
+        folder = run / "artifacts"
+        if not target or not folder.is_dir():
+            return
+        for path in folder.iterdir():
+            with contextlib.suppress(OSError):
+                shutil.copy2(path, Path(target) / path.name)
 
     def run_dir(self) -> Path:
         """A fresh folder for one stage's files, inside the server's work folder."""
@@ -225,9 +287,17 @@ class Client:
             return False
 
     def start(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> RemoteStage:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(10.0)
-        conn.connect(str(self.socket))
+        return _request_stage(self.socket, args, env, cwd, log)
+
+
+def _request_stage(
+    path: Path, args: list[str], env: dict[str, str], cwd: Path, log: Path, ended=None
+) -> RemoteStage:
+    """Ask the server listening at ``path`` to run a stage (the module docstring's protocol)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10.0)
+    try:
+        conn.connect(str(path))
         request = {
             "args": args,
             "env": env,
@@ -238,47 +308,69 @@ class Client:
         conn.sendall(json.dumps(request).encode() + b"\n")
         reader = conn.makefile("rb")
         answer = json.loads(reader.readline() or b"{}")
-        if "started" not in answer:
-            conn.close()
-            raise OSError(f"the stage server refused the stage: {answer}")
-        conn.settimeout(None)
-        return RemoteStage(conn, reader)
+    except (OSError, ValueError):
+        conn.close()
+        raise
+    if "started" not in answer:
+        conn.close()
+        raise OSError(f"the stage server refused the stage: {answer}")
+    conn.settimeout(None)
+    return RemoteStage(conn, reader, ended)
 
 
 class RemoteStage:
-    """A stage running under the server, with the part of ``subprocess.Popen`` the runner uses."""
+    """A stage running under the server, with the part of ``subprocess.Popen`` the runner uses.
+
+    ``ended(clean)`` hears how it ended: clean when the handler answered with the exit status
+    (having killed everything the stage left, and on a batch's server put the sandbox's scratch
+    places back), not clean when the handler died or did not answer in :data:`KILL_WAIT`."""
 
     pid = None
 
-    def __init__(self, conn: socket.socket, reader) -> None:
+    def __init__(self, conn: socket.socket, reader, ended=None) -> None:
         self.conn = conn
         self.reader = reader
+        self.ended = ended
         self.returncode: int | None = None
+        self._stopped_at: float | None = None
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is not None:
             return self.returncode
-        if self.conn.fileno() < 0:  # killed before it reported: stopped by the grader
-            self.returncode = -signal.SIGKILL
-            return self.returncode
+        deadline = None if self._stopped_at is None else self._stopped_at + KILL_WAIT
+        if deadline is not None:  # stopped by the grader: its handler answers soon
+            left = max(0.0, deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
         ready, _, _ = select.select([self.conn], [], [], timeout)
         if not ready:
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._end(-signal.SIGKILL, clean=False)  # a stopped or stuck handler
             raise subprocess.TimeoutExpired("stage", timeout or 0.0)
         line = self.reader.readline()
         try:
-            self.returncode = int(json.loads(line)["exit"])
+            answer = json.loads(line)
+            code, clean = int(answer["exit"]), answer.get("clean", True) is True
         except (ValueError, KeyError, TypeError):
-            self.returncode = -signal.SIGKILL  # the handler died: the server was killed
-        self.kill()
-        return self.returncode
+            code, clean = -signal.SIGKILL, False  # the handler died: the server was killed
+        return self._end(code, clean)
 
-    def kill(self) -> None:
-        """Stop the stage: closing the connection makes its handler kill its process group."""
-        with contextlib.suppress(OSError):
-            self.conn.shutdown(socket.SHUT_RDWR)  # the reader's reference keeps the fd open
+    def _end(self, code: int, clean: bool) -> int:
+        self.returncode = code
         with contextlib.suppress(OSError):
             self.reader.close()
             self.conn.close()
+        if self.ended is not None:
+            self.ended(clean)
+        return code
+
+    def kill(self) -> None:
+        """Stop the stage: the grader hanging up makes its handler kill the stage's process
+        group and everything the stage left, then answer (see :meth:`wait`)."""
+        if self.returncode is not None or self._stopped_at is not None:
+            return
+        self._stopped_at = time.monotonic()
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_WR)
 
 
 def stop_all() -> int:
@@ -302,50 +394,381 @@ def _ask_to_stop(path: Path) -> bool:
         return False
 
 
+class SubmissionServer:
+    """One submission's own server in a batch (``grader/instructor/batch.py``).
+
+    Started on first use inside THAT submission's sandbox (the batch's bwrap prefix, the other
+    submissions hidden, the batch's memory and output limits, the batch's environment: threads,
+    hash seed, guard, strict), it runs every stage of the submission, each a fresh fork, and
+    :meth:`close` stops it with everything under it when the submission is done. It differs
+    from a learner's :class:`Client` where a batch's stages must not reach each other:
+
+    - its socket's file lies outside the sandbox (the server gets the listening socket as an
+      inherited descriptor), so no stage can reach, replace or answer on it, and the server takes
+      connections only from outside its PID namespace;
+    - every stage gets the sandbox's own HOME and TMPDIR (``/tmp``), and after each stage the
+      server puts ``/tmp``, ``/dev/shm`` and ``/dev`` back as they were (:class:`_Scratch`): what
+      a stage writes there never reaches a later stage, as with a fresh sandbox per stage;
+    - a stage that did not end cleanly (it killed or stopped its handler or the server, or left
+      something the server could not remove) gets this server replaced before the next stage;
+      where no server can start, the stages run as fresh subprocesses.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        tree: Path,
+        hide: tuple[Path, ...],
+        limits: tuple[str, ...],
+        env: dict[str, str],
+        cwd: Path,
+        tests: tuple[Path, ...],
+        preload: tuple[str, ...] = PRELOAD,
+    ) -> None:
+        self.folder = folder  # outside the sandbox, but for the runs folder of each start
+        self.tree = tree
+        self.hide = hide
+        self.limits = limits
+        self.env = env
+        self.cwd = cwd
+        self.tests = tuple(tests)
+        self.preload = preload
+        self.prefix = os_sandbox.prefix(hide)  # sandboxed, as far as anyone asks
+        self.starts = 0  # servers started so far (a stage that broke one costs a new one)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None  # closing it makes the server exit
+        self._socket: Path | None = None
+        self._runs: Path | None = None
+        self._broken = False
+        self._failed = False
+
+    def serves(self, tests: Path, cwd: Path | None) -> bool:
+        return tests in self.tests or tests.is_relative_to(REPO_ROOT / "tests")
+
+    def private_env(self, run: Path) -> dict[str, str]:
+        """What every sandboxed stage's environment says: HOME and TMPDIR in the sandbox's own
+        ``/tmp``, which the server empties after each stage."""
+        return dict(PRIVATE_ENV)
+
+    def hand_over(self, run: Path) -> None:
+        """Nothing: artifacts go straight to the batch's own folder, bound in as for a fresh
+        stage."""
+
+    def run_dir(self) -> Path:
+        """A fresh folder for one stage's files, in the running server's runs folder (the one
+        place outside ``/tmp`` its stages can write)."""
+        if not self.ensure() or self._runs is None:
+            return Path(tempfile.mkdtemp(prefix="run-", dir=self.folder))
+        path = self._runs / uuid.uuid4().hex[:12]
+        path.mkdir()
+        return path
+
+    def ensure(self) -> bool:
+        """This submission's server is up (started, or replaced after a stage broke it); False
+        where none can start (then the stages run as fresh subprocesses)."""
+        if self._failed:
+            return False
+        if self._proc is not None and not self._broken and self._proc.poll() is None:
+            return True
+        self.close()
+        if not self._start():
+            self.close()
+            self._failed = True
+            return False
+        return True
+
+    def start(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> RemoteStage:
+        if self._socket is None or not log.is_relative_to(self._runs or self.folder / "-"):
+            raise OSError("the stage's folder is not this server's")  # it was replaced meanwhile
+        return _request_stage(self._socket, args, env, cwd, log, ended=self._ended)
+
+    def _ended(self, clean: bool) -> None:
+        if not clean:
+            self._broken = True
+            self.close()  # now, before the grader reads what the stage left
+
+    def _start(self) -> bool:
+        self.starts += 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        runs = self.folder / f"runs-{self.starts}"  # a new server never shares a folder with an old
+        runs.mkdir()
+        path = self.folder / f"socket-{self.starts}"
+        if len(os.fsencode(path)) > 100:  # a Unix socket's path has at most 107 bytes
+            return False
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lifeline, keep = os.pipe()
+        try:
+            listener.bind(str(path))
+            listener.listen(16)
+            fds = (listener.fileno(), lifeline)
+            command = [
+                *os_sandbox.prefix(self.hide, writable=(runs,), keep_fds=fds, as_pid_1=True),
+                *self.limits,
+                sys.executable,
+                "-m",
+                "grader.server",
+                "--serve",
+                str(runs),
+                "--listen-fd",
+                str(listener.fileno()),
+                "--lifeline-fd",
+                str(lifeline),
+                "--preload",
+                ",".join(self.preload),
+                *(word for test in self.tests for word in ("--sees", str(test))),  # bound in
+            ]
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "GRADER_RESULTS", "GRADER_CHECKS")
+            }
+            env |= dict(self.env) | {"LLMFS_TREE": str(self.tree), "PYTHONDONTWRITEBYTECODE": "1"}
+            with open(self.folder / f"server-{self.starts}.log", "ab") as log:
+                self._proc = subprocess.Popen(
+                    command,
+                    cwd=self.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=fds,
+                    start_new_session=True,  # stopped as a group by close()
+                )
+        except OSError:
+            os.close(keep)
+            return False
+        finally:
+            listener.close()  # the server holds it now
+            os.close(lifeline)
+        self._lifeline, self._socket, self._runs, self._broken = keep, path, runs, False
+        start = time.monotonic()
+        while time.monotonic() - start < START_TIMEOUT:
+            if _ping(path):
+                return True
+            if self._proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        """Stop the server and everything under it (its sandbox's PID namespace ends with it)."""
+        proc, self._proc = self._proc, None
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # a stopped server: the sandbox goes by force
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ping(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5.0)
+            probe.connect(str(path))
+            probe.sendall(b'{"ping": true}\n')
+            return probe.makefile("rb").readline().strip() == b'{"pong": true}'
+    except OSError:
+        return False
+
+
 # -- the server's side ----------------------------------------------------------------------
 
+_PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
 
-def serve(folder: Path) -> None:
+
+def _prctl(option: int, value: int) -> bool:
+    """Linux's prctl(2); False elsewhere or where it fails."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def serve(
+    folder: Path,
+    listen_fd: int | None = None,
+    lifeline_fd: int | None = None,
+    preload: tuple[str, ...] = PRELOAD,
+) -> None:
+    """Serve stages until idle (a learner's server, at ``folder/socket``) or, for a batch's
+    submission (``listen_fd``: the listening socket the grader made), until the grader closes
+    the ``lifeline_fd`` pipe or dies."""
     import importlib
 
-    # Held for the server's life: how a grader knows a server is up (even a slow one) and must
-    # not start a second one (flock works across the sandbox's mount and PID namespaces).
-    alive = open(folder / "alive.lock", "a")  # noqa: SIM115 - held until the process ends
-    if fcntl is not None:
-        try:
-            fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # another server has this folder
-    for name in PRELOAD:
+    private = listen_fd is not None
+    if not private:
+        # Held for the server's life: how a grader knows a server is up (even a slow one) and
+        # must not start a second one (flock works across the sandbox's mount and PID
+        # namespaces).
+        alive = open(folder / "alive.lock", "a")  # noqa: SIM115 - held until the process ends
+        if fcntl is not None:
+            try:
+                fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # another server has this folder
+    for name in preload:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     import gc
 
     gc.collect()
     gc.freeze()  # what is loaded now is never collected again: cheap collections in the stages
+    # A stage runs as this process's grandchild, as the same user: the kernel lets a process
+    # attach to another of its user, or write its memory through /proc/PID/mem, and so change
+    # every later stage, unless the target is not "dumpable". The server and its handlers are
+    # not; each stage is made dumpable again, as a fresh process is.
+    _prctl(_PR_SET_DUMPABLE, 0)
     mine = fingerprint()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(FileNotFoundError):
-        (folder / "socket").unlink()
-    listener.bind(str(folder / "socket"))
-    listener.listen(16)
-    listener.settimeout(IDLE)
+    scratch = None
+    if private:
+        listener = socket.socket(fileno=listen_fd)
+        listener.set_inheritable(False)
+        scratch = _Scratch()
+    else:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "socket").unlink()
+        listener.bind(str(folder / "socket"))
+        listener.listen(16)
+    watched: list[Any] = [listener]
+    if lifeline_fd is not None:
+        os.set_inheritable(lifeline_fd, False)
+        watched.append(lifeline_fd)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped as they end
     while True:
+        ready, _, _ = select.select(watched, [], [], None if private else IDLE)
+        if not ready or lifeline_fd in ready:
+            return  # idle, or the grader is done with this submission (or gone)
         try:
             conn, _ = listener.accept()
-        except TimeoutError:
-            return  # idle
+        except OSError:
+            continue
+        if private and _peer_pid(conn) != 0:
+            conn.close()  # from inside this sandbox: only the grader, outside, may ask
+            continue
         if os.fork() == 0:  # the handler reads the request: a slow client never blocks accept
             listener.close()
+            if lifeline_fd is not None:
+                os.close(lifeline_fd)
             try:
-                _answer(conn, mine)
+                _answer(conn, mine, scratch)
             finally:
                 os._exit(0)
         conn.close()
 
 
-def _answer(conn: socket.socket, mine: str) -> None:
+def _peer_pid(conn: socket.socket) -> int:
+    """The connecting process's pid as this PID namespace sees it: 0 from outside it."""
+    import struct
+
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return -1
+    return struct.unpack("3i", raw)[0]
+
+
+class _Scratch:
+    """The places a sandboxed stage can write besides its run folder: ``/tmp`` (also HOME and
+    TMPDIR), ``/dev/shm`` and ``/dev``, put back after every stage of a batch's server as the
+    sandbox made them (a fresh sandbox per stage gave each stage empty ones)."""
+
+    ROOTS = ("/tmp", "/dev/shm")
+
+    def __init__(self) -> None:
+        self.mounts = _mount_points()
+        self.dev = set(os.listdir("/dev"))
+
+    def restore(self) -> bool:
+        """Remove what the stage left; False when something stays (the server is replaced)."""
+        for root in self.ROOTS:
+            self._clear(Path(root))
+        for name in set(os.listdir("/dev")) - self.dev:
+            _remove(Path("/dev", name))
+        with contextlib.suppress(OSError):
+            os.makedirs(HOME, exist_ok=True)
+        try:
+            return (
+                _mount_points() == self.mounts
+                and set(os.listdir("/dev")) == self.dev
+                and all(self._empty(Path(root)) for root in self.ROOTS)
+            )
+        except OSError:
+            return False
+
+    def _keeps(self, path: str) -> tuple[bool, bool]:
+        """(a mount point, a folder above one)."""
+        return path in self.mounts, any(m.startswith(path + "/") for m in self.mounts)
+
+    def _clear(self, folder: Path) -> None:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                mount, above = self._keeps(entry.path)
+                if mount:
+                    continue
+                if above and entry.is_dir(follow_symlinks=False):
+                    self._clear(Path(entry.path))
+                elif entry.path != HOME:
+                    _remove(Path(entry.path))
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(HOME) if str(folder) == "/tmp" else ():
+                    _remove(Path(entry.path))
+
+    def _empty(self, folder: Path) -> bool:
+        for entry in os.scandir(folder):
+            mount, above = self._keeps(entry.path)
+            if mount:
+                continue
+            if above and entry.is_dir(follow_symlinks=False):
+                if not self._empty(Path(entry.path)):
+                    return False
+            elif entry.path != HOME or any(os.scandir(HOME)):
+                return False
+        return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a whole folder, whatever modes the stage gave them."""
+
+    def unlock(function, name, _error) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+            function(name)
+
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, onerror=unlock)
+        else:
+            path.unlink()
+
+
+def _mount_points() -> set[str]:
+    """Every mount point this process sees (``/proc/self/mountinfo``, octal escapes undone)."""
+    points = set()
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4:
+                points.add(fields[4].encode().decode("unicode_escape"))
+    return points
+
+
+def _answer(conn: socket.socket, mine: str, scratch: _Scratch | None) -> None:
     """A handler: read one request, then answer a ping, stop the server, or run a stage."""
     conn.settimeout(10.0)
     try:
@@ -360,49 +783,88 @@ def _answer(conn: socket.socket, mine: str) -> None:
             conn.sendall(b'{"pong": true}\n')
         return
     if request.get("stop") or request.get("fingerprint") != mine:
-        # Asked to, or the grader's code changed under this server: the server exits.
+        # Asked to, or the grader's code changed under this server: the server exits (but a
+        # batch's server, its sandbox's process 1, ignores the signal: the stage then runs as a
+        # fresh subprocess, and the server goes with its submission).
         os.kill(os.getppid(), signal.SIGTERM)
         with contextlib.suppress(OSError):
             conn.sendall(b'{"stopped": true}\n')
         return
-    _handle(conn, request)
+    _handle(conn, request, scratch)
 
 
-def _handle(conn: socket.socket, request: dict[str, Any]) -> None:
-    """The handler: start the stage, report its end, kill it if the grader hangs up."""
+def _handle(conn: socket.socket, request: dict[str, Any], scratch: _Scratch | None) -> None:
+    """The handler: start the stage, kill it if the grader hangs up, and when it ends, kill
+    what it left (this handler is their subreaper: even a process in a new session whose parent
+    died comes back here), put the scratch places back, and report the exit status."""
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     pid = os.fork()
     if pid == 0:
-        _run_stage(request)  # never returns
+        _run_stage(request, conn)  # never returns
     conn.sendall(json.dumps({"started": pid}).encode() + b"\n")
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # what it left running, as for a fresh process
             code = os.waitstatus_to_exitcode(status)
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
-            return
+            break
         readable, _, _ = select.select([conn], [], [], 0.05)
         if readable and not conn.recv(1):  # the grader hung up: stop the stage
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            break
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # what it left running, as for a fresh process
+    _kill_the_rest()
+    answer: dict[str, Any] = {"exit": code}
+    if scratch is not None:
+        answer["clean"] = scratch.restore()
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+def _kill_the_rest() -> None:
+    """Kill and reap every process left under this handler, until none is left (what a killed
+    process had started comes back here, so the loop ends with the last of them)."""
+    me = str(os.getpid())
+    while True:
+        left = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                    parent = f.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if parent == me:
+                left.append(int(entry))
+        if not left:
             return
+        for child in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        for child in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)
 
 
-def _run_stage(request: dict[str, Any]) -> None:
+def _run_stage(request: dict[str, Any], conn: socket.socket) -> None:
     """The stage: ``python -m pytest ARGS`` as a fresh process would run it."""
     code = 70
     try:
+        conn.close()  # the stage has no say in what its handler reports
+        _prctl(_PR_SET_DUMPABLE, 1)
         os.setpgid(0, 0)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.makedirs(request["cwd"], exist_ok=True)  # a batch server's /tmp was emptied
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # the server's imports cached theirs; the stage's is its TMPDIR
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -424,6 +886,10 @@ def _run_stage(request: dict[str, Any]) -> None:
         traceback.print_exc()
         code = 70
     finally:
+        with contextlib.suppress(BaseException):
+            import atexit
+
+            atexit._run_exitfuncs()  # as an interpreter's exit does (the learner's handlers too)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -437,11 +903,16 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--serve", metavar="FOLDER", help="run a server in FOLDER (the grader does)")
     group.add_argument("--stop", action="store_true", help="stop every stage server of this user")
+    parser.add_argument("--listen-fd", type=int, help="a batch's: the listening socket it made")
+    parser.add_argument("--lifeline-fd", type=int, help="a batch's: exit when this pipe closes")
+    parser.add_argument("--preload", help="modules to import first, comma-separated")
+    parser.add_argument("--sees", action="append", default=[], help="(for the sandbox to bind)")
     args = parser.parse_args(argv)
     if args.stop:
         print(f"stopped {stop_all()} stage server(s)")
         return 0
-    serve(Path(args.serve))
+    preload = tuple(filter(None, args.preload.split(","))) if args.preload else PRELOAD
+    serve(Path(args.serve), args.listen_fd, args.lifeline_fd, preload)
     return 0
 
 

@@ -17,6 +17,12 @@ the whole submission (stages after it is used up are ``timed out``), and the OS 
 outliving the stage), without which ``run`` refuses to grade unless ``--unsafe`` is given. The
 tests always come from the grader's ``tests/``. ``--jobs`` submissions are graded at once.
 
+A submission's stages run on a stage server of its own (:func:`server_for`,
+``grader/server.py``'s ``SubmissionServer``): started in that submission's sandbox with its limits
+and environment, it imports torch and pytest once and forks a fresh process per stage, and it is
+stopped, with everything under it, when the submission is done. Where it cannot run (no OS
+sandbox, ``GRADER_SERVER=0``, no fork) every stage is a fresh subprocess, with the same results.
+
 Verdicts: the grader decides them itself (``grader/verdicts.py``). Before the first submission,
 each stage's answer key is made from the reference (``grader/answer_key.py``; cached in
 ``.grader/keys/``, so only the first batch of a version of the tests pays for it), and every
@@ -31,6 +37,7 @@ stage score, total, max_score, flags, first_problem), and per learner
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -43,9 +50,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import answer_key
+from .. import answer_key, server
 from .. import sandbox as os_sandbox
-from ..manifest import Chapter
+from ..manifest import Chapter, Stage
 from ..results import ChapterResult, StageResult
 from ..runner import Sandbox, run_stage, select_stages, stop_all, stopping, unrun
 from ..statuses import ERROR, EXIT_OK, HIDDEN_ENV, TIMED_OUT
@@ -69,6 +76,9 @@ class Options:
     sandbox: bool = True  # each stage in the OS sandbox where available (grader/instructor/)
     verdicts: bool = True  # the grader decides verdicts against the reference (grader/verdicts.py)
     reference: Path = answer_key.REFERENCE  # the tree the answer keys come from
+    # Each submission's stages on a stage server of its own, in its sandbox (grader/server.py's
+    # SubmissionServer), where one can run: not without the OS sandbox, nor GRADER_SERVER=0.
+    server: bool = True
 
 
 @dataclass(frozen=True)
@@ -198,32 +208,78 @@ def grade_submission(
         findings = tuple(integrity.scan(submission.folder))
         prefix = submission.tree.relative_to(submission.folder).as_posix()
         prefix = f"{prefix}/" if prefix != "." else ""
-        sandbox = sandbox_for(scratch, options, hide=(submission.folder.parent,))
+        hide = (submission.folder.parent,)
+        sandbox = sandbox_for(scratch, options, hide=hide)
+        own = server_for(scratch, copy, sandbox, stages, options, hide)
+        sandbox = dataclasses.replace(sandbox, server=own)
         limit = options.time_limit or sum(s.time_limit for s in stages)
         deadline = start + limit
-        results: list[StageResult] = []
-        for stage in stages:
-            left = deadline - time.monotonic()
-            if left < 1.0:
-                message = (
-                    f"not run: the submission used up its time limit of {limit:g} s "
-                    "(an endless loop in an earlier stage?)"
-                )
-                results.append(unrun(chapter, stage, TIMED_OUT, message))
-                continue
-            bounded = dataclasses.replace(
-                stage,
-                time_limit=min(stage.time_limit, left),
-                test_timeout=min(stage.test_timeout, left),
-            )
-            key = (keys or {}).get(stage.name)
-            result = run_stage(chapter, bounded, str(copy), sandbox=sandbox, key=key)
-            results.append(dataclasses.replace(result, log_tail=""))
+        with contextlib.closing(own) if own is not None else contextlib.nullcontext():
+            results = _grade_stages(chapter, stages, copy, sandbox, keys, deadline, limit)
         graded = _chapter_result(chapter, submission, tuple(results), start)
         graded = integrity.apply(graded, list(findings), chapter, prefix)
         return Graded(submission, graded, findings, prefix)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def server_for(
+    scratch: Path,
+    tree: Path,
+    sandbox: Sandbox,
+    stages: tuple[Stage, ...],
+    options: Options,
+    hide: tuple[Path, ...],
+) -> server.SubmissionServer | None:
+    """The submission's own stage server (started on its first stage), or None where the
+    stages run as fresh subprocesses: ``Options.server`` off, ``GRADER_SERVER=0``, no fork, or
+    no OS sandbox (the server's isolation between stages is the sandbox's)."""
+    isolated = options.sandbox and os_sandbox.availability()[0]
+    if not (options.server and isolated and server.enabled()):
+        return None
+    tests = tuple((REPO_ROOT / s.tests).resolve() for s in stages)
+    course = any(t.is_relative_to(REPO_ROOT / "tests") for t in tests)
+    return server.SubmissionServer(
+        scratch / "server",
+        tree=tree,
+        hide=hide,
+        limits=limits.prefix(options.memory_mb, options.output_mb),
+        env=dict(sandbox.env),
+        cwd=sandbox.cwd or scratch,
+        tests=tests,
+        preload=server.PRELOAD if course else server.LIGHT,
+    )
+
+
+def _grade_stages(
+    chapter: Chapter,
+    stages: tuple[Stage, ...],
+    copy: Path,
+    sandbox: Sandbox,
+    keys: Mapping[str, Key] | None,
+    deadline: float,
+    limit: float,
+) -> list[StageResult]:
+    """Every stage of one submission, within the submission's time limit."""
+    results: list[StageResult] = []
+    for stage in stages:
+        left = deadline - time.monotonic()
+        if left < 1.0:
+            message = (
+                f"not run: the submission used up its time limit of {limit:g} s "
+                "(an endless loop in an earlier stage?)"
+            )
+            results.append(unrun(chapter, stage, TIMED_OUT, message))
+            continue
+        bounded = dataclasses.replace(
+            stage,
+            time_limit=min(stage.time_limit, left),
+            test_timeout=min(stage.test_timeout, left),
+        )
+        key = (keys or {}).get(stage.name)
+        result = run_stage(chapter, bounded, str(copy), sandbox=sandbox, key=key)
+        results.append(dataclasses.replace(result, log_tail=""))
+    return results
 
 
 def _chapter_result(
