@@ -8,7 +8,9 @@ scores 0):
 - tree code importing ``solutions``, ``exercises``, ``grader`` or ``tests`` (the import is also
   refused with an ``ImportError`` that says why);
 - tree code opening a file of ``solutions/``, ``grader/`` or a ``.py`` file of ``tests/`` (an
-  audit hook on ``open`` events, :func:`sys.addaudithook`);
+  audit hook on ``open`` events, :func:`sys.addaudithook`); ``linecache`` reading the source
+  lines of a stack that ``traceback`` formats is not counted (``torch.manual_seed`` formats the
+  stack, and the calling test is on it);
 - anything that replaced a function or class of pytest, of the grader's plugin, of the tests'
   helpers or of ``builtins``, or swapped ``sys.modules['pytest']`` (checked after collection and
   after every test against a snapshot taken before the tree was imported).
@@ -22,8 +24,11 @@ from __future__ import annotations
 
 import builtins
 import json
+import linecache
 import os
 import sys
+import tokenize
+import traceback
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -77,6 +82,28 @@ def asking_tree_frame(
             return None
         frame = frame.f_back
     return None
+
+
+# The standard library's files that read source lines for a stack being formatted.
+_LINE_READERS = frozenset(os.path.realpath(m.__file__) for m in (linecache, tokenize))
+_STACK_FORMATTER = os.path.realpath(traceback.__file__)
+
+
+def _formatting_a_stack(frame: FrameType | None) -> bool:
+    """This open is ``linecache`` reading a source file for ``traceback``: the lines of the frames
+    on the stack, which is not the tree reading the grader's files. ``torch.manual_seed`` does it
+    in every tree (it queues CUDA's seeding with ``traceback.format_stack()``), and the test that
+    called the tree is on that stack. ``linecache`` called by the tree itself is still flagged."""
+    through_linecache = False
+    while frame is not None:
+        file = os.path.realpath(frame.f_code.co_filename)
+        if file == _STACK_FORMATTER:
+            return through_linecache
+        if file not in _LINE_READERS:
+            return False
+        through_linecache = True
+        frame = frame.f_back
+    return False
 
 
 class Guard:
@@ -163,6 +190,8 @@ class Guard:
             real.startswith(self.protected_dirs)
             or (real.startswith(self.tests_dir) and real.endswith(".py"))
         ):
+            return
+        if _formatting_a_stack(sys._getframe(1)):
             return
         asker = self._asker(sys._getframe(1))
         if asker is not None:

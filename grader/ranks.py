@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import faulthandler
-import linecache
 import multiprocessing
 import os
 import re
@@ -110,7 +109,6 @@ def run_ranks(
         raise ValueError(f"init must be 'group' or 'env', got {init!r}")
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    _warm_linecache()  # here, once: every forked rank inherits it
     with tempfile.TemporaryDirectory(prefix="ranks-") as tmp:
         folder = Path(tmp)
         port = free_port()
@@ -194,24 +192,6 @@ def _rank_main(
     sys.stdout.flush()
     sys.stderr.flush()
     _exit_now()
-
-
-def _warm_linecache() -> None:
-    """Read the grader's and the tests' loaded sources into linecache, before any tree code runs
-    (in the caller, before the fork; a file already cached is not read again).
-
-    ``torch.manual_seed`` in the tree queues CUDA's seeding with ``traceback.format_stack()``,
-    which reads the source of every frame on the stack (this harness, the test, the task): the
-    guard (grader/guard.py) would see the tree open the grader's files. Read here, by the
-    harness, they come from linecache instead."""
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None) or ""
-        if file.endswith(".py") and _ours(Path(file)):
-            linecache.getlines(file)
-
-
-def _ours(path: Path) -> bool:
-    return any(path.is_relative_to(REPO_ROOT / part) for part in ("grader", "tests"))
 
 
 def _exit_now() -> None:
