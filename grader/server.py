@@ -151,8 +151,17 @@ def root() -> Path:
 
 
 def folder_for(tree: Path, sandboxed: bool) -> Path:
-    key = hashlib.sha256(f"{tree}\0{sandboxed}\0{fingerprint()}".encode()).hexdigest()[:16]
-    return root() / key
+    """The work folder of the server for ``tree``. The tree folder's identity (device, inode) is
+    part of the key: a sandboxed server has the folder bound, so a tree deleted and made again
+    under the same name (a fresh copy, a new clone) needs a new server; the old one would still
+    see the deleted folder and report every file missing."""
+    try:
+        stat = tree.stat()
+        identity = f"{stat.st_dev}:{stat.st_ino}"
+    except OSError:
+        identity = "missing"
+    key = f"{tree}\0{identity}\0{sandboxed}\0{fingerprint()}"
+    return root() / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # -- the grader's side ----------------------------------------------------------------------

@@ -156,3 +156,20 @@ def test_a_course_stage_on_the_sandboxed_server(monkeypatch, tmp_path):
         assert box.server._ready()  # a server was started, and is still there
     finally:
         server.stop_all()
+
+
+def test_a_tree_made_again_under_its_name_gets_a_new_server(tmp_path):
+    """A sandboxed server has the tree folder bound: after the folder is deleted and copied
+    again (a fresh copy, a new clone) it would still see the deleted one, every file missing.
+    The key is the folder's inode, which the old server's bind keeps from being reused."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    first = server.folder_for(tree, sandboxed=True)
+    assert server.folder_for(tree, sandboxed=True) == first  # the same folder: the same server
+    held = os.open(tree, os.O_RDONLY)  # as the server's bind holds it: its inode stays taken
+    try:
+        tree.rmdir()
+        tree.mkdir()
+        assert server.folder_for(tree, sandboxed=True) != first
+    finally:
+        os.close(held)
