@@ -20,12 +20,14 @@ from torch import nn
 from grader.tree import load
 
 # A small GPT learns the built-in grammar (spelling and word order) in a few hundred steps: about
-# 10 s on 2 idle CPU cores for the reference.
+# 13 s on one idle CPU core for the reference.
 N_SENTENCES = 3000
 BLOCK_SIZE = 32
 BATCH_SIZE = 32
 MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 64, "dropout": 0.0}
-TRAIN = {"learning_rate": 1e-2, "warmup_steps": 60, "max_steps": 600, "grad_clip": 1.0}
+# 400 steps: the validation loss ends at 0.586-0.591 against a bar of 1.44 and the samples at
+# 98-99% corpus words against 90% (seeds 0-2); 600 took half as long again for 0.55 and 98-100%.
+TRAIN = {"learning_rate": 1e-2, "warmup_steps": 60, "max_steps": 400, "grad_clip": 1.0}
 
 
 def corpus_text(seed: int = 0) -> str:
