@@ -395,6 +395,8 @@ def sft_loss_mask(out: Path) -> None:
         f"the SFT loss counts {int((y != -1).sum())} of {y.size(1)} positions (orange): each "
         "assistant's answer and its <|end|>; y is x shifted by one, -1 elsewhere"
     )
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def _traced_ring(rank: int, world_size: int) -> list[torch.Tensor]:
@@ -483,6 +485,8 @@ def fine_tuning_curves(out: Path) -> None:
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("reward (1 = the exact sum)")
     axes[1].legend(loc="lower right")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def _zero_state_bytes(rank: int, world_size: int, vocab: int) -> int:

@@ -9,6 +9,7 @@ through ``grader.tree``.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
 import re
@@ -103,10 +104,18 @@ def test_figures_are_pngs_that_the_docs_use():
     names = re.findall(r'^    "(\w+)": \w+,$', source, flags=re.M)
     assert names, "docs/make_figures.py lists no figures in MAKERS"
     used = " ".join(p.read_text() for p in CHAPTER_FILES)
+    makers = dict(re.findall(r'^    "(\w+)": (\w+),$', source, flags=re.M))
+    functions = {
+        node.name: ast.get_source_segment(source, node)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef)
+    }
     for name in names:
         png = DOCS / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} missing"
         assert f"figures/{name}.png" in used, f"no section shows figures/{name}.png"
+        # a maker that draws but never saves leaves the committed PNG as it was, unnoticed
+        assert "savefig(out" in functions[makers[name]], f"{makers[name]} never saves {name}.png"
 
 
 # --------------------------------------------------------------------------------- code blocks
