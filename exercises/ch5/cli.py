@@ -108,7 +108,7 @@ def load_model(path: Path) -> tuple[torch.nn.Module, Any]:
     return model, tokenizer
 
 
-SHAPE = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 32}  # the GPT that pretrain trains
+SHAPE = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 16}  # the GPT that pretrain trains
 
 
 def _llama() -> torch.nn.Module:

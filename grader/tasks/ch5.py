@@ -30,8 +30,8 @@ import torch
 
 from grader.tree import load
 
-MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 32, "dropout": 0.0}
-PRETRAIN = {"steps": 400, "batch_size": 32, "lr": 3e-3}
+MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 16, "dropout": 0.0}
+PRETRAIN = {"steps": 400, "batch_size": 32, "lr": 4e-3, "warmup": 50}
 LORA = {"r": 8, "alpha": 16.0, "targets": ("c_attn", "c_proj", "c_fc")}
 SFT = {"steps": 300, "batch_size": 16, "lr": 3e-3}
 DPO = {"steps": 100, "batch_size": 16, "lr": 3e-3, "beta": 0.1}

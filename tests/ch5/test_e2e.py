@@ -19,7 +19,7 @@ ALL = "ch5/lora.py, sft.py and dpo.py (all earlier stages pass?)"
 RL_FILES = "ch5/rl.py and dpo.py's token_logprobs (all earlier stages pass?)"
 SFT_MARGIN = 0.5  # the fine-tuned model's held-out accuracy exceeds the base model's by this
 PREFERENCE_BAR = 0.7  # held-out preference accuracy after DPO (0.5 is chance)
-RL_MARGIN = 0.04  # RL raises the held-out mean reward by this (seeds 0, 1, 2: +0.23, +0.08, +0.18)
+RL_MARGIN = 0.04  # RL raises the held-out mean reward by this (seeds 0, 1, 2: +0.13, +0.12, +0.14)
 
 
 @pytest.fixture(scope="module")
