@@ -562,7 +562,7 @@ print(f"with the cache {timings[True][1]:.3f} s, without {timings[False][1]:.3f}
 ## 4.7 Training with chapter 3's trainer
 
 The e2e stage's recipe, shortened to 60 steps: chapter 3's corpus, loaders and `GPTTrainer`
-train the Llama unchanged (the stage trains 300 steps).""",
+train the Llama unchanged (the stage trains 200 steps).""",
     ),
     (
         "code",

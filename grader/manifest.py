@@ -410,8 +410,8 @@ CH3 = Chapter(
             hints=(
                 "Every earlier stage passes but the loss stays high? Check the learning-rate "
                 "schedule reaches the optimizer and that the LM head is tied to the embedding.",
-                "The stage trains 600 steps of a 2-layer GPT on the built-in corpus (about 10 s for "
-                "the reference on 2 idle cores): if yours is much slower, look for Python loops "
+                "The stage trains 400 steps of a 2-layer GPT on the built-in corpus (about 13 s for "
+                "the reference on an idle core): if yours is much slower, look for Python loops "
                 "over the batch or the sequence in attention.",
             ),
             points=20,
@@ -611,8 +611,8 @@ CH4 = Chapter(
                     "one-token query see every cached key (not is_causal=True).",
                     tests=("test_cached_generation_equals_uncached",),
                 ),
-                "The stage trains 300 steps of a 2-layer Llama (about 15 s for the reference on 2 "
-                "idle cores): if yours is much slower, look for Python loops over tokens or heads.",
+                "The stage trains 200 steps of a 2-layer Llama (about 9 s for the reference on an "
+                "idle core): if yours is much slower, look for Python loops over tokens or heads.",
             ),
             points=20,
             test_timeout=180.0,  # the rule: the reference's slowest test took 14.6-16.6 s (load 1.7)

@@ -316,6 +316,7 @@ def _chapter4_settings(baseline: float) -> dict[str, list[tuple[str | None, str 
             ("tests/ch4/test_e2e.py", '"the ", seed, 300)', "three samples of 300 characters"),
             ("grader/tasks/ch4.py", "temperature: float = 0.8", "at temperature 0.8"),
             (None, None, f"for {task.STEPS} steps"),
+            (None, None, f"trained from scratch for {task.STEPS} steps"),
             (None, None, f"{ch3_task.N_SENTENCES:,} sentences of the built-in corpus"),
             (None, None, f"(batch {ch3_task.BATCH_SIZE}, block {ch3_task.BLOCK_SIZE}, peak"),
             (None, None, f"after {ch3_task.TRAIN['warmup_steps']} warm-up steps"),
@@ -468,6 +469,13 @@ def test_stage_settings_quoted_in_the_text_match_the_tests():
     }
     pairs |= _chapter4_settings(baseline)
     pairs |= _chapter5_settings()
+    from grader.tasks import ch4 as ch4_task
+
+    pairs["grader/manifest.py"] = [  # the e2e hints say how long the stage trains
+        (None, None, f"The stage trains {train['max_steps']} steps of a 2-layer GPT"),
+        (None, None, f"The stage trains {ch4_task.STEPS} steps of a 2-layer Llama"),
+    ]
+    pairs["docs/build_notebooks.py"] = [(None, None, f"(the stage trains {ch4_task.STEPS} steps)")]
     assert train["learning_rate"] == 1e-2, "3.8 quotes the e2e stage's peak learning rate 10^-2"
     for doc, checks in pairs.items():
         text = " ".join(_source(doc).split())  # line breaks in the prose do not matter
