@@ -583,21 +583,25 @@ def _encode_many(
     occurrences at once does, because a merge's new token only forms pairs that rank after it
     (``_pair_tables`` checks that of the merges).
     """
+    import gc
+
     import numpy as np
 
     rank_of, made_by, stride = tables
     never = len(made_by)  # the rank of a pair that is never merged
     names = list(chunks)
-    data = [chunk.encode("utf-8") for chunk in names]
+    ascii_only = "".join(names).isascii()  # then a chunk's characters are its bytes
+    data: list[Any] = names if ascii_only else [chunk.encode("utf-8") for chunk in names]
     lengths = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
     if (lengths > _BATCH_WIDTH).any():  # rare: leave the long ones out
         short = (lengths <= _BATCH_WIDTH).tolist()
         names = [chunk for chunk, keep in zip(names, short, strict=True) if keep]
-        data = [raw for raw, keep in zip(data, short, strict=True) if keep]
+        data = [item for item, keep in zip(data, short, strict=True) if keep]
         lengths = lengths[lengths <= _BATCH_WIDTH]
+    raw = "".join(data).encode("ascii") if ascii_only else b"".join(data)
     width = max(2, int(lengths.max(initial=0)))
     ids = np.full((len(data), width), stride - 1, dtype=np.int32)  # padded with stride - 1
-    flat = np.frombuffer(b"".join(data), dtype=np.uint8)
+    flat = np.frombuffer(raw, dtype=np.uint8)
     ids[np.arange(width) < lengths[:, None]] = np.asarray(byte_ids, dtype=np.int32)[flat]
     rows = np.arange(len(data))  # which chunk each row of ids is
     final = np.zeros_like(ids)  # each chunk's ids once its row is finished ...
@@ -620,13 +624,21 @@ def _encode_many(
         ids = np.where(after, ids[:, 1:], ids[:, :-1])  # column best + 1 dropped
         ids = ids[:, : max(2, int(lengths.max(initial=0)))]  # no column of padding only
     finish(rows, ids, lengths)
-    # Back to Python lists, one final length at a time, so that no padding is converted.
+    # Back to Python lists, one final length at a time, so that no padding is converted. The
+    # collector is paused meanwhile: lists of ints cannot make a cycle, yet every few hundred new
+    # lists start a collection, and the older generations' ones scan everything alive.
     order = np.argsort(final_lengths, kind="stable")
     starts = np.searchsorted(final_lengths[order], np.arange(width + 2)).tolist()
     names = [names[i] for i in order.tolist()]
     out: dict[str, list[int]] = {}
-    for n, (start, end) in enumerate(zip(starts, starts[1:], strict=False)):  # length n
-        out.update(zip(names[start:end], final[order[start:end], :n].tolist(), strict=True))
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for n, (start, end) in enumerate(zip(starts, starts[1:], strict=False)):  # length n
+            out.update(zip(names[start:end], final[order[start:end], :n].tolist(), strict=True))
+    finally:
+        if collecting:
+            gc.enable()
     return out
 
 
