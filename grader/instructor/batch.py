@@ -22,6 +22,9 @@ A submission's stages run on a stage server of its own (:func:`server_for`,
 and environment, it imports torch and pytest once and forks a fresh process per stage, and it is
 stopped, with everything under it, when the submission is done. Where it cannot run (no OS
 sandbox, ``GRADER_SERVER=0``, no fork) every stage is a fresh subprocess, with the same results.
+While ``--jobs`` submissions are graded, the next one is made ready (copied, scanned, its server
+started), so that a server's start, importing torch and pytest, is not waited for; a
+submission's time and time limit count from its turn, when its first stage starts.
 
 Verdicts: the grader decides them itself (``grader/verdicts.py``). Before the first submission,
 each stage's answer key is made from the reference (``grader/answer_key.py``; cached in
@@ -192,14 +195,17 @@ def grade_submission(
     options: Options,
     scratch_root: Path,
     keys: Mapping[str, Key] | None = None,
+    turn: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> Graded:
-    """Grade one learner's copy in isolation; never raises for anything the copy contains."""
+    """Grade one learner's copy in isolation; never raises for anything the copy contains.
+
+    The copy, its integrity scan and its stage server are made first; its stages run once
+    ``turn()`` is entered (a free job of the batch), and its time counts from there."""
     stages = select_stages(chapter, options.only)
-    start = time.monotonic()
     if submission.tree is None:
         message = f"no {chapter.name}/ folder in this submission"
         results = tuple(unrun(chapter, s, ERROR, message) for s in stages)
-        return Graded(submission, _chapter_result(chapter, submission, results, start))
+        return Graded(submission, _chapter_result(chapter, submission, results, time.monotonic()))
 
     scratch = Path(tempfile.mkdtemp(prefix="sub-", dir=scratch_root))
     try:
@@ -213,9 +219,13 @@ def grade_submission(
         own = server_for(scratch, copy, sandbox, stages, options, hide)
         sandbox = dataclasses.replace(sandbox, server=own)
         limit = options.time_limit or sum(s.time_limit for s in stages)
-        deadline = start + limit
         with contextlib.closing(own) if own is not None else contextlib.nullcontext():
-            results = _grade_stages(chapter, stages, copy, sandbox, keys, deadline, limit)
+            if own is not None:
+                own.ensure()  # started now, while the batch may still be grading others
+            with turn():
+                start = time.monotonic()
+                deadline = start + limit
+                results = _grade_stages(chapter, stages, copy, sandbox, keys, deadline, limit)
         graded = _chapter_result(chapter, submission, tuple(results), start)
         graded = integrity.apply(graded, list(findings), chapter, prefix)
         return Graded(submission, graded, findings, prefix)
@@ -322,6 +332,10 @@ def answer_keys(chapter: Chapter, options: Options) -> dict[str, Key]:
     )
 
 
+class _Stopped(Exception):
+    """The batch was interrupted while a submission waited for its turn."""
+
+
 def grade_all(
     chapter: Chapter,
     submissions: list[Submission],
@@ -343,11 +357,25 @@ def grade_all(
     except KeyboardInterrupt:
         stop_all()
         raise Interrupted([]) from None
+    jobs = max(1, options.jobs)
+    free = threading.BoundedSemaphore(jobs)
+
+    @contextlib.contextmanager
+    def turn():
+        """One of the ``jobs`` places where a submission's stages run, once one is free."""
+        while not free.acquire(timeout=0.2):
+            if stopping.is_set():
+                raise _Stopped
+        try:
+            yield
+        finally:
+            free.release()
+
     with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch_root:
 
         def one(sub: Submission) -> Graded:
             try:
-                graded = grade_submission(chapter, sub, options, Path(scratch_root), keys)
+                graded = grade_submission(chapter, sub, options, Path(scratch_root), keys, turn)
             except Exception as error:  # a grader problem must not stop the class
                 message = f"the grader could not grade this submission: {error!r}"
                 stages = select_stages(chapter, options.only)
@@ -360,7 +388,8 @@ def grade_all(
                         on_done(graded, len(finished), len(submissions))
             return graded
 
-        pool = ThreadPoolExecutor(max_workers=max(1, options.jobs))
+        # One worker more than the jobs: it makes the next submission ready while they run.
+        pool = ThreadPoolExecutor(max_workers=jobs + 1)
         futures = [pool.submit(one, sub) for sub in submissions]
         try:
             pending = set(futures)

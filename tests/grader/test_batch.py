@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from grader import cli, manifest, sandbox
 from grader.instructor import batch
+from grader.statuses import FAILED
 from grader.tree import REPO_ROOT
 
 from .conftest import FAILING, NOT_STARTED, PASSING, stage_test
@@ -111,6 +114,46 @@ def test_submission_time_limit_covers_every_stage(make_stage, fake_chapter, tmp_
     assert first.status == "timed out" and "while loading your code" in first.message
     assert second.status == "timed out" and "used up its time limit of 3 s" in second.message
     assert graded[0].result.seconds < 30
+
+
+def test_the_next_submission_is_made_ready_while_one_is_graded(chapter, tmp_path, monkeypatch):
+    """With --jobs 1, the next submission's server starts while the one before it is graded, and
+    no two submissions' stages ever run at once; a submission's time counts from its turn."""
+    events: dict[tuple[str, str], float] = {}
+
+    def learner(tree: Path) -> str:
+        return (tree / "ch9" / "who.txt").read_text()
+
+    class Server:  # a stand-in for SubmissionServer, whose start takes 0.3 s
+        def __init__(self, tree: Path) -> None:
+            self.tree = tree
+
+        def ensure(self) -> bool:
+            time.sleep(0.3)
+            events["ready", learner(self.tree)] = time.monotonic()
+            return True
+
+        def close(self) -> None:
+            pass
+
+    def grade_stages(chapter, stages, copy, *args):
+        events["start", learner(copy)] = time.monotonic()
+        time.sleep(0.5)
+        events["end", learner(copy)] = time.monotonic()
+        return [batch.unrun(chapter, stage, FAILED, "a stand-in") for stage in stages]
+
+    names = ("ann", "ben", "cid")
+    for name in names:
+        (make_submission(tmp_path / "subs", name, GOOD_MOD) / "ch9" / "who.txt").write_text(name)
+    monkeypatch.setattr(batch, "server_for", lambda scratch, tree, *args: Server(tree))
+    monkeypatch.setattr(batch, "_grade_stages", grade_stages)
+    subs = batch.find_submissions(tmp_path / "subs", chapter)
+    graded = batch.grade_all(chapter, subs, batch.Options(jobs=1, verdicts=False))
+    runs = sorted((events["start", name], events["end", name]) for name in names)
+    assert all(end <= start for (_, end), (start, _) in zip(runs, runs[1:], strict=False))
+    assert events["ready", "ben"] < events["end", "ann"]  # made ready during ann's stages
+    assert events["ready", "cid"] < events["end", "ben"]
+    assert all(g.result.seconds < 1.5 for g in graded)  # its 0.5 s of stages, not the waiting
 
 
 @pytest.mark.parametrize(
