@@ -1,11 +1,12 @@
 """Where a training step's time goes, ours and nanoGPT's side by side, in one process.
 
     python benchmarks/profile_vs_nanogpt.py --nanogpt PATH/TO/nanoGPT [--steps 30] [--threads 1]
+        [--bias]
 
 The same configuration as ``bench_vs_nanogpt.py`` (nanoGPT's CPU shakespeare_char run: batch 12,
-block 64, 4 layers, 4 heads, 128 wide, vocabulary 65, dropout 0; nanoGPT with its ``train.py``
-default ``bias=False``, ours GPT-2's biases), random token batches (the data costs nothing next
-to a step: 0.3 ms). nanoGPT's ``model.py`` is imported from the checkout given, not copied.
+block 64, 4 layers, 4 heads, 128 wide, vocabulary 65, dropout 0, no biases as nanoGPT's
+``train.py`` default ``bias=False``; ``--bias`` gives ours GPT-2's), random token batches (the
+data costs nothing next to a step: 0.3 ms). nanoGPT's ``model.py`` is imported from the checkout given, not copied.
 
 Each side takes ``--steps`` training steps (forward, backward, clipping, its own AdamW:
 nanoGPT's per-tensor AdamW on a CPU, ours fused), the sides alternating in three rounds so that
@@ -70,11 +71,11 @@ def nanogpt_side(peer: Path):
     return model, optimizer
 
 
-def our_side():
+def our_side(bias: bool):
     from solutions.ch3.gpt import GPT, GPTConfig
     from solutions.ch3.trainer import configure_optimizer
 
-    model = GPT(GPTConfig(VOCAB, BLOCK, n_layer=4, n_head=4, n_embd=128))
+    model = GPT(GPTConfig(VOCAB, BLOCK, n_layer=4, n_head=4, n_embd=128, bias=bias))
     return model, configure_optimizer(model, 1e-3, 0.1, (0.9, 0.99))
 
 
@@ -116,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nanogpt", type=Path, required=True, help="a checkout of nanoGPT")
     parser.add_argument("--steps", type=int, default=30, help="steps per side, timed and profiled")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bias", action="store_true", help="ours with GPT-2's biases")
     args = parser.parse_args(argv)
     if not (args.nanogpt / "model.py").is_file():
         parser.error(f"--nanogpt {args.nanogpt}: no model.py there")
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
-    sides = {"nanoGPT": nanogpt_side(args.nanogpt), "ours": our_side()}
+    sides = {"nanoGPT": nanogpt_side(args.nanogpt), "ours": our_side(args.bias)}
     x = torch.randint(VOCAB, (BATCH, BLOCK))
     y = torch.randint(VOCAB, (BATCH, BLOCK))
     seconds = {name: defaultdict(float) for name in sides}
