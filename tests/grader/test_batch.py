@@ -124,12 +124,12 @@ def test_the_next_submission_is_made_ready_while_one_is_graded(chapter, tmp_path
     def learner(tree: Path) -> str:
         return (tree / "ch9" / "who.txt").read_text()
 
-    class Server:  # a stand-in for SubmissionServer, whose start takes 0.3 s
+    class Server:  # a stand-in for SubmissionServer, whose start takes 0.1 s
         def __init__(self, tree: Path) -> None:
             self.tree = tree
 
         def ensure(self) -> bool:
-            time.sleep(0.3)
+            time.sleep(0.1)
             events["ready", learner(self.tree)] = time.monotonic()
             return True
 
@@ -138,7 +138,7 @@ def test_the_next_submission_is_made_ready_while_one_is_graded(chapter, tmp_path
 
     def grade_stages(chapter, stages, copy, *args):
         events["start", learner(copy)] = time.monotonic()
-        time.sleep(0.5)
+        time.sleep(1.0)  # long next to a start, so that a loaded machine keeps the order
         events["end", learner(copy)] = time.monotonic()
         return [batch.unrun(chapter, stage, FAILED, "a stand-in") for stage in stages]
 
@@ -149,11 +149,11 @@ def test_the_next_submission_is_made_ready_while_one_is_graded(chapter, tmp_path
     monkeypatch.setattr(batch, "_grade_stages", grade_stages)
     subs = batch.find_submissions(tmp_path / "subs", chapter)
     graded = batch.grade_all(chapter, subs, batch.Options(jobs=1, verdicts=False))
-    runs = sorted((events["start", name], events["end", name]) for name in names)
-    assert all(end <= start for (_, end), (start, _) in zip(runs, runs[1:], strict=False))
-    assert events["ready", "ben"] < events["end", "ann"]  # made ready during ann's stages
-    assert events["ready", "cid"] < events["end", "ben"]
-    assert all(g.result.seconds < 1.5 for g in graded)  # its 0.5 s of stages, not the waiting
+    order = sorted(names, key=lambda name: events["start", name])  # whoever was ready first
+    for before, after in zip(order, order[1:], strict=False):
+        assert events["end", before] <= events["start", after]  # one at a time
+        assert events["ready", after] < events["end", before]  # made ready meanwhile
+    assert all(g.result.seconds < 1.7 for g in graded)  # its 1 s of stages, not the waiting
 
 
 @pytest.mark.parametrize(
