@@ -32,14 +32,15 @@ after :data:`IDLE` seconds without a stage, or when the grader's code changes (i
 stops them all. It trusts its stages as the learner does (they share its ``/tmp`` and HOME).
 
 **A batch submission's server** (:class:`SubmissionServer`; ``grade --hidden`` never uses one).
-Every stage of one submission runs on a server of its own, started on the first stage inside
-THAT submission's sandbox (the same bwrap prefix with the other submissions hidden, the same
-memory and output limits, the same environment: threads, hash seed, guard, strict, hidden), and
-stopped with everything under it when the submission is done, even when grading raises (or
-when the grader dies: the server exits when a pipe from the grader closes). Where no server can
-run (``GRADER_SERVER=0``, no fork, no OS sandbox or ``--unsafe``, a custom Python, tests it
-cannot see) the stages run as fresh subprocesses, with the same results. What holds, for code
-running in a stage (each point is tested in ``tests/grader/test_batch_server.py``):
+Every stage of one submission runs on a server of its own, started inside THAT submission's sandbox
+(the same bwrap prefix with the other submissions hidden, the same memory and output limits, the
+same environment: threads, hash seed, guard, strict, hidden) while the submission before it is
+graded (the batch calls :meth:`SubmissionServer.ensure` early), and stopped with everything under
+it when the submission is done, even when grading raises (or when the grader dies: the server exits
+when a pipe from the grader closes). Where no server can run (``GRADER_SERVER=0``, no fork, no OS
+sandbox or ``--unsafe``, a custom Python, tests it cannot see) the stages run as fresh
+subprocesses, with the same results. What holds, for code running in a stage (each point is tested
+in ``tests/grader/test_batch_server.py``):
 
 - *It cannot change what a later stage reports.* The server and its handlers are not
   "dumpable" (``prctl``): without that, a stage running as the same user could attach to its
@@ -79,6 +80,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,14 +288,7 @@ class Client:
         _ask_to_stop(self.socket)
 
     def _ready(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(5.0)
-                probe.connect(str(self.socket))
-                probe.sendall(b'{"ping": true}\n')
-                return probe.makefile("rb").readline().strip() == b'{"pong": true}'
-        except OSError:
-            return False
+        return _ping(self.socket)
 
     def start(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> RemoteStage:
         return _request_stage(self.socket, args, env, cwd, log)
@@ -406,11 +401,11 @@ def _ask_to_stop(path: Path) -> bool:
 class SubmissionServer:
     """One submission's own server in a batch (``grader/instructor/batch.py``).
 
-    Started on first use inside THAT submission's sandbox (the batch's bwrap prefix, the other
+    Started by :meth:`ensure` inside THAT submission's sandbox (the batch's bwrap prefix, the other
     submissions hidden, the batch's memory and output limits, the batch's environment: threads,
     hash seed, guard, strict), it runs every stage of the submission, each a fresh fork, and
-    :meth:`close` stops it with everything under it when the submission is done. It differs
-    from a learner's :class:`Client` where a batch's stages must not reach each other:
+    :meth:`close` stops it with everything under it when the submission is done. It differs from a
+    learner's :class:`Client` where a batch's stages must not reach each other:
 
     - its socket's file lies outside the sandbox (the server gets the listening socket as an
       inherited descriptor), so no stage can reach, replace or answer on it, and the server takes
@@ -577,6 +572,7 @@ class SubmissionServer:
 
 
 def _ping(path: Path) -> bool:
+    """The server listening at ``path`` answers (a learner's or a batch submission's)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.settimeout(5.0)
@@ -703,7 +699,9 @@ class _Scratch:
     def restore(self) -> bool:
         """Remove what the stage left; False when something stays (the server is replaced)."""
         for root in self.ROOTS:
-            self._clear(Path(root))
+            with contextlib.suppress(OSError):
+                for path in list(self._left(Path(root))):
+                    _remove(path)
         for name in set(os.listdir("/dev")) - self.dev:
             _remove(Path("/dev", name))
         with contextlib.suppress(OSError):
@@ -712,40 +710,24 @@ class _Scratch:
             return (
                 _mount_points() == self.mounts
                 and set(os.listdir("/dev")) == self.dev
-                and all(self._empty(Path(root)) for root in self.ROOTS)
+                and not any(path for root in self.ROOTS for path in self._left(Path(root)))
             )
         except OSError:
             return False
 
-    def _keeps(self, path: str) -> tuple[bool, bool]:
-        """(a mount point, a folder above one)."""
-        return path in self.mounts, any(m.startswith(path + "/") for m in self.mounts)
-
-    def _clear(self, folder: Path) -> None:
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                mount, above = self._keeps(entry.path)
-                if mount:
-                    continue
-                if above and entry.is_dir(follow_symlinks=False):
-                    self._clear(Path(entry.path))
-                elif entry.path != HOME:
-                    _remove(Path(entry.path))
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(HOME) if str(folder) == "/tmp" else ():
-                    _remove(Path(entry.path))
-
-    def _empty(self, folder: Path) -> bool:
+    def _left(self, folder: Path) -> Iterator[Path]:
+        """What a stage left in ``folder``: every entry but the sandbox's mount points (the
+        folders above one are looked into) and HOME itself (its entries are left)."""
         for entry in os.scandir(folder):
-            mount, above = self._keeps(entry.path)
-            if mount:
+            if entry.path in self.mounts:
                 continue
+            above = any(m.startswith(entry.path + "/") for m in self.mounts)
             if above and entry.is_dir(follow_symlinks=False):
-                if not self._empty(Path(entry.path)):
-                    return False
-            elif entry.path != HOME or any(os.scandir(HOME)):
-                return False
-        return True
+                yield from self._left(Path(entry.path))
+            elif entry.path == HOME:
+                yield from (Path(inside.path) for inside in os.scandir(HOME))
+            else:
+                yield Path(entry.path)
 
 
 def _remove(path: Path) -> None:

@@ -241,9 +241,9 @@ def server_for(
     options: Options,
     hide: tuple[Path, ...],
 ) -> server.SubmissionServer | None:
-    """The submission's own stage server (started on its first stage), or None where the
-    stages run as fresh subprocesses: ``Options.server`` off, ``GRADER_SERVER=0``, no fork, or
-    no OS sandbox (the server's isolation between stages is the sandbox's)."""
+    """The submission's own stage server, not started yet (its ``ensure`` starts it), or None
+    where the stages run as fresh subprocesses: ``Options.server`` off, ``GRADER_SERVER=0``, no
+    fork, or no OS sandbox (the server's isolation between stages is the sandbox's)."""
     isolated = options.sandbox and os_sandbox.availability()[0]
     if not (options.server and isolated and server.enabled()):
         return None
