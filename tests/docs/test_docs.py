@@ -101,21 +101,20 @@ def test_relative_links_resolve(path):
 def test_figures_are_pngs_that_the_docs_use():
     """Every figure make_figures.py draws is committed and shown in some section."""
     source = (DOCS / "make_figures.py").read_text()
-    names = re.findall(r'^    "(\w+)": \w+,$', source, flags=re.M)
-    assert names, "docs/make_figures.py lists no figures in MAKERS"
+    makers = dict(re.findall(r'^    "(\w+)": (\w+),$', source, flags=re.M))  # figure: function
+    assert makers, "docs/make_figures.py lists no figures in MAKERS"
     used = " ".join(p.read_text() for p in CHAPTER_FILES)
-    makers = dict(re.findall(r'^    "(\w+)": (\w+),$', source, flags=re.M))
     functions = {
         node.name: ast.get_source_segment(source, node)
         for node in ast.parse(source).body
         if isinstance(node, ast.FunctionDef)
     }
-    for name in names:
+    for name, maker in makers.items():
         png = DOCS / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} missing"
         assert f"figures/{name}.png" in used, f"no section shows figures/{name}.png"
         # a maker that draws but never saves leaves the committed PNG as it was, unnoticed
-        assert "savefig(out" in functions[makers[name]], f"{makers[name]} never saves {name}.png"
+        assert "savefig(out" in functions[maker], f"{maker} never saves {name}.png"
 
 
 # --------------------------------------------------------------------------------- code blocks
